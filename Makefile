@@ -1,0 +1,65 @@
+# make test  : lint, unit tests, notebooks in sync, every chapter executed by nbval,
+#              the book built with warnings as errors, and the site checked in a browser
+# make book  : build the HTML site (fully offline) and print where to open it
+# make lab   : open the chapters in JupyterLab
+# make clean : remove what the build made
+#
+# TORCH picks the PyTorch wheel: plain `torch` gets the default (CUDA) build; CI
+# passes TORCH="torch==2.13.0", a CPU build.
+
+PYTHON ?= python3
+TORCH ?= torch>=2.4
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+SITE := _build/html/index.html
+
+.PHONY: install test unit lint notebooks nbval site browser book lab clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+config: install
+	$(PY) scripts/book.py config
+
+notebooks: config
+	$(BIN)/jupytext --sync --quiet chapters/*.md
+
+unit: notebooks
+	$(PY) -m pytest tests -q
+
+nbval: notebooks
+	TRITON_INTERPRET=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=300 \
+		notebooks -q
+
+site: config
+	TRITON_INTERPRET=1 $(BIN)/jupyter-book build . --warningiserror --keep-going \
+		--quiet
+
+browser: site
+	$(PY) -m pytest site_tests -q
+
+test: lint unit nbval site browser
+
+book: site
+	@echo "The book is built: open file://$(CURDIR)/$(SITE)"
+
+lab: notebooks
+	$(BIN)/jupyter lab notebooks/
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf _build notebooks _toc.yml _config.yml

@@ -1,0 +1,104 @@
+"""pytest plugin for the chapter notebooks (collected by nbval from notebooks/).
+
+nbval executes every chapter and its asserts are the checks. So that the book build
+need not execute every chapter a second time, a chapter whose cells all passed is
+stored, with the outputs nbval saw, in the Jupyter Book execution cache
+(``_build/.jupyter_cache``); the build then finds it there. The notebook stored is
+read from the chapter's MyST file by myst-nb's own reader, so its hash is the one
+the build computes. Each chapter's time is also checked against its CPU budget in
+book.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("MINIMODELS_JUPYTER_CACHE", ROOT / "_build/.jupyter_cache"))
+
+_failed: set[str] = set()
+_seconds: dict[str, float] = defaultdict(float)
+_cells: dict[str, list] = defaultdict(list)
+
+
+def _chapter(item: pytest.Item) -> str | None:
+    path = Path(str(item.path))
+    return path.stem if path.suffix == ".ipynb" else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    start = time.perf_counter()
+    yield
+    if (stem := _chapter(item)) is not None:
+        _seconds[stem] += time.perf_counter() - start
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        _failed.add(report.nodeid.split("::")[0])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (stem := _chapter(item)) is not None:
+            _cells[stem].append(item)
+
+
+def _budgets() -> dict[str, float]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    manifest = tomllib.loads((ROOT / "book.toml").read_text())
+    return {Path(c["file"]).stem: c["cpu_budget_s"] for c in manifest["chapters"]}
+
+
+def _cache_chapter(stem: str, items: list) -> None:
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    source = ROOT / "chapters" / f"{stem}.md"
+    nb = read_myst_markdown_notebook(source.read_text(), path=source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if len(code) != len(items):
+        return  # notebook and chapter out of step: the sync test reports it
+    for count, (cell, item) in enumerate(zip(code, items), start=1):
+        cell.outputs = [nbformat.from_dict(o) for o in (item.test_outputs or [])]
+        cell.execution_count = count
+    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+    bundle = CacheBundleIn(nb, str(source), data={"source": "nbval"})
+    get_cache(str(CACHE)).cache_notebook_bundle(
+        bundle, check_validity=False, overwrite=True
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _cells:
+        return
+    budgets = _budgets()
+    over = []
+    for stem, items in _cells.items():
+        nodeid = items[0].nodeid.split("::")[0]
+        if nodeid not in _failed and all(hasattr(i, "test_outputs") for i in items):
+            _cache_chapter(stem, items)
+        budget = budgets.get(stem)
+        if budget is not None and _seconds[stem] > budget:
+            over.append(f"{stem}: {_seconds[stem]:.0f} s > budget {budget} s")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("-", "chapter times (budget from book.toml)")
+        for stem in sorted(_seconds):
+            budget = budgets.get(stem, "?")
+            reporter.write_line(f"{stem:40s} {_seconds[stem]:7.1f} s  / {budget} s")
+        for line in over:
+            reporter.write_line(f"OVER BUDGET {line}", red=True)
+    if over and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

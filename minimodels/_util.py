@@ -1,0 +1,41 @@
+"""Small helpers shared by every module: argument checks and tiny conveniences."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def exists(x: Any) -> bool:
+    return x is not None
+
+
+def default(x: T | None, d: T) -> T:
+    return x if x is not None else d
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise a ``ValueError`` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ValueError(message)
+
+
+def check_positive(**values: int | float) -> None:
+    """Check that every named value is > 0, naming the first one that is not."""
+    for name, value in values.items():
+        check(value > 0, f"{name} must be positive, got {value!r}")
+
+
+def check_divides(divisor_name: str, divisor: int, name: str, value: int) -> None:
+    check(
+        divisor > 0 and value % divisor == 0,
+        f"{divisor_name} ({divisor}) must divide {name} ({value})",
+    )
+
+
+def check_ndim(name: str, tensor: Any, ndim: int, layout: str) -> None:
+    check(
+        tensor.ndim == ndim,
+        f"{name} must have shape ({layout}), got {tuple(tensor.shape)}",
+    )

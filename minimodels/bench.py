@@ -1,0 +1,188 @@
+"""Timing and peak-memory helpers for CPU and CUDA, returning plain dicts.
+
+Chapters plot these dicts; benchmarks save them as JSON together with
+``environment()`` (device, versions, date) so a figure always says where its
+numbers come from. Scaling exponents are fitted with ``fit_power_law``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import math
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minimodels._util import check, check_positive
+
+__all__ = [
+    "environment",
+    "time_fn",
+    "peak_memory",
+    "measure",
+    "sweep",
+    "fit_power_law",
+    "save_json",
+    "load_json",
+]
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Where a measurement was taken: device name, versions, date."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    env = {
+        "device": name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "date": _dt.date.today().isoformat(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Wall-clock seconds of ``fn()``: median and min over ``repeats`` runs."""
+    check_positive(repeats=repeats)
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times)}
+
+
+def _status_bytes(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024
+
+
+def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") -> int:
+    """Peak bytes used while ``fn()`` runs, above what was in use before.
+
+    On CUDA this is the caching allocator's high-water mark. On CPU (Linux) it is
+    the process's peak resident memory (VmHWM), reset before the call through
+    /proc/self/clear_refs: large tensors are mmap-ed and returned on free, so the
+    peak follows the tensors alive at once. Elsewhere it falls back to the growth
+    of ru_maxrss, which only sees a new all-time peak.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_bytes("VmRSS")
+        fn()
+        return max(0, _status_bytes("VmHWM") - base)
+    except OSError:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes vs kB
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, peak - base) * scale
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    repeats: int = 5,
+    memory: bool = True,
+) -> dict[str, float]:
+    """Time and (optionally) peak memory of ``fn()`` in one dict."""
+    result: dict[str, float] = time_fn(
+        fn, warmup=warmup, repeats=repeats, device=device
+    )
+    if memory:
+        result["peak_bytes"] = peak_memory(fn, device=device)
+    return result
+
+
+def sweep(
+    make_fn: Callable[[int], Callable[[], Any]],
+    sizes: Iterable[int],
+    *,
+    progress: bool = True,
+    description: str = "sweep",
+    **measure_options: Any,
+) -> list[dict[str, float]]:
+    """``measure(make_fn(n))`` for each size n; each row also holds ``n``."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for n in tqdm(list(sizes), desc=description, disable=not progress):
+        rows.append({"n": n, **measure(make_fn(n), **measure_options)})
+    return rows
+
+
+def fit_power_law(xs: Iterable[float], ys: Iterable[float]) -> tuple[float, float]:
+    """Least-squares fit of log y = a log x + log c; returns (exponent a, c)."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    check(len(lx) == len(ly) >= 2, "need at least two matching points to fit")
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    a = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sum(
+        (x - mx) ** 2 for x in lx
+    )
+    return a, math.exp(my - a * mx)
+
+
+def save_json(
+    data: Any, path: str | Path, *, device: str | torch.device = "cpu"
+) -> Path:
+    """Write ``{"environment": ..., "results": data}`` as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"environment": environment(device), "results": data}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

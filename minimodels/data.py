@@ -1,0 +1,209 @@
+"""Data that needs no network: synthetic tasks made in code, and text on disk.
+
+Synthetic tasks (each returns ``(x, y)`` long tensors of shape (N, L); ``y`` is -100
+wherever there is nothing to predict, so the loss and accuracy count only answers):
+
+- associative recall, as in H3 (Fu et al., 2023, arXiv:2212.14052) and Hyena
+  (Poli et al., 2023, arXiv:2302.10866): key-value pairs, then a key; say its value;
+- induction heads (Olsson et al., 2022): after a trigger token, copy the token that
+  followed the trigger's first occurrence;
+- selective copying (Gu & Dao, 2023, arXiv:2312.00752): copy the data tokens
+  scattered among noise, in order, after the markers.
+
+Text: ``stdlib_corpus`` reads Python's own standard-library sources (a byte-level
+corpus with a train/val split); ``load_enwik8`` reads the Hutter Prize file with the
+standard 90M/5M/5M split.
+
+Shapes: N examples, L sequence length.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from minimodels._util import check, check_positive
+
+__all__ = [
+    "IGNORE",
+    "associative_recall",
+    "induction_heads",
+    "selective_copying",
+    "ByteCorpus",
+    "stdlib_corpus",
+    "load_enwik8",
+    "random_windows",
+]
+
+IGNORE = -100  # target value that the loss and the accuracy skip
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def associative_recall(
+    num_examples: int,
+    seq_len: int,
+    vocab_size: int,
+    *,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Key-value pairs ``k1 v1 k2 v2 ... k`` then a query key; predict its value.
+
+    The vocabulary is split in half: keys are tokens [0, V/2), values [V/2, V).
+    Each example draws its own key -> value map (a key keeps its value wherever it
+    repeats), fills ``seq_len - 1`` positions with pairs, and ends with a key seen
+    earlier; the only target is that key's value, at the last position.
+    ``seq_len`` must be odd (pairs plus the query).
+    """
+    check_positive(num_examples=num_examples)
+    check(seq_len >= 3 and seq_len % 2 == 1, f"seq_len must be odd >= 3, got {seq_len}")
+    check(vocab_size >= 4 and vocab_size % 2 == 0, "vocab_size must be even >= 4")
+    g, n_keys, n_pairs = _generator(seed), vocab_size // 2, (seq_len - 1) // 2
+    values = torch.randint(n_keys, vocab_size, (num_examples, n_keys), generator=g)
+    keys = torch.randint(0, n_keys, (num_examples, n_pairs), generator=g)
+    pairs = torch.stack((keys, values.gather(1, keys)), dim=-1).flatten(1)
+    pick = torch.randint(0, n_pairs, (num_examples, 1), generator=g)
+    query = keys.gather(1, pick)
+    x = torch.cat((pairs, query), dim=1)
+    y = torch.full_like(x, IGNORE)
+    y[:, -1] = values.gather(1, query)[:, 0]
+    return x, y
+
+
+def induction_heads(
+    num_examples: int,
+    seq_len: int,
+    vocab_size: int,
+    *,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Random tokens with a trigger (token ``vocab_size - 1``) placed once in the
+    first half and again at the last position; predict the token that followed
+    the first trigger."""
+    check_positive(num_examples=num_examples)
+    check(seq_len >= 4, f"seq_len must be >= 4, got {seq_len}")
+    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
+    g, trigger = _generator(seed), vocab_size - 1
+    x = torch.randint(0, trigger, (num_examples, seq_len), generator=g)
+    where = torch.randint(0, (seq_len - 2) // 2, (num_examples,), generator=g)
+    rows = torch.arange(num_examples)
+    x[rows, where] = trigger
+    x[:, -1] = trigger
+    y = torch.full_like(x, IGNORE)
+    y[:, -1] = x[rows, where + 1]
+    return x, y
+
+
+def selective_copying(
+    num_examples: int,
+    seq_len: int,
+    vocab_size: int,
+    *,
+    num_tokens: int = 4,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """``num_tokens`` data tokens scattered among noise (token 0) in the first
+    ``seq_len - num_tokens`` positions, then ``num_tokens`` markers (token
+    ``vocab_size - 1``); at each marker, predict the next data token in order."""
+    check_positive(num_examples=num_examples, num_tokens=num_tokens)
+    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
+    body = seq_len - num_tokens
+    check(body >= num_tokens, f"seq_len ({seq_len}) must be >= 2 * num_tokens")
+    g, marker = _generator(seed), vocab_size - 1
+    data = torch.randint(1, marker, (num_examples, num_tokens), generator=g)
+    slots = torch.rand(num_examples, body, generator=g).argsort(-1)[:, :num_tokens]
+    slots = slots.sort(-1).values
+    x = torch.zeros(num_examples, seq_len, dtype=torch.long)
+    x.scatter_(1, slots, data)
+    x[:, body:] = marker
+    y = torch.full_like(x, IGNORE)
+    y[:, body - 1 : seq_len - 1] = data  # the answer is due as each marker is read
+    return x, y
+
+
+@dataclass(frozen=True)
+class ByteCorpus:
+    """A byte-level text corpus: 256 tokens, so the loss in bits is bits-per-byte."""
+
+    train: Tensor  # (n_train,) long
+    val: Tensor  # (n_val,) long
+    vocab_size: int = 256
+
+    @staticmethod
+    def encode(text: str) -> Tensor:
+        return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+
+    @staticmethod
+    def decode(ids: Tensor) -> str:
+        return bytes(ids.tolist()).decode("utf-8", errors="replace")
+
+
+def _split(data: bytes, val_fraction: float) -> ByteCorpus:
+    check(0 < val_fraction < 1, f"val_fraction must be in (0, 1), got {val_fraction}")
+    ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    n_val = max(1, int(len(ids) * val_fraction))
+    return ByteCorpus(train=ids[:-n_val], val=ids[-n_val:])
+
+
+def stdlib_corpus(
+    num_bytes: int = 2_000_000, *, val_fraction: float = 0.1, root: Path | None = None
+) -> ByteCorpus:
+    """The first ``num_bytes`` of this Python's standard-library ``.py`` files (in
+    sorted path order, tests skipped), as a byte corpus with a train/val split."""
+    check_positive(num_bytes=num_bytes)
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "test" in path.relative_to(root).parts[0] or "site-packages" in path.parts:
+            continue
+        chunk = path.read_bytes()
+        chunks.append(chunk)
+        total += len(chunk)
+        if total >= num_bytes:
+            break
+    data = b"".join(chunks)[:num_bytes]
+    check(len(data) > 100, f"found too little source under {root}")
+    return _split(data, val_fraction)
+
+
+def load_enwik8(
+    path: str | Path,
+    *,
+    split: tuple[int, int, int] = (90_000_000, 5_000_000, 5_000_000),
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Read enwik8 (the raw file or ``enwik8.zip``) and cut the standard split:
+    the first 90M bytes train, the next 5M validation, the last 5M test."""
+    path = Path(path)
+    check(path.exists(), f"path {path} does not exist")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(archive.namelist()[0])
+    else:
+        data = path.read_bytes()
+    check(
+        len(data) >= sum(split),
+        f"{path} holds {len(data)} bytes, fewer than the split {split} needs",
+    )
+    ids = torch.frombuffer(bytearray(data[: sum(split)]), dtype=torch.uint8).long()
+    n_train, n_val, _ = split
+    return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
+
+
+def random_windows(
+    data: Tensor, batch_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """A batch of random windows of a 1-D token stream: inputs and next tokens."""
+    check(len(data) > seq_len + 1, f"data ({len(data)}) shorter than seq_len + 1")
+    start = torch.randint(
+        0, len(data) - seq_len - 1, (batch_size,), generator=generator
+    )
+    idx = start[:, None] + torch.arange(seq_len + 1)
+    chunk = data[idx]
+    return chunk[:, :-1], chunk[:, 1:]

@@ -1,0 +1,199 @@
+"""A language model that takes any sequence mixer.
+
+The layout is the pre-norm residual stack of GPT-2 ("Language Models are
+Unsupervised Multitask Learners", Radford et al., 2019) with the attention replaced
+by a pluggable *mixer*:
+
+    x_0 = Embed(ids)
+    x_{l+1} = x_l' + MLP(Norm(x_l')),  x_l' = x_l + Mixer(Norm(x_l))
+    logits = Head(Norm(x_L))
+
+A mixer is any ``nn.Module`` mapping (b n c) -> (b n c). It is given to ``LM`` as a
+factory ``dim -> module`` (e.g. ``functools.partial(MultiHeadAttention, heads=4)``)
+or by name (``"attention"``, ``"s4d"``, ``"h3"``, ``"hyena"``, ``"dilated"``) with
+its options. A mixer that also has ``init_state(batch)`` and
+``step(x_t, state) -> (y_t, state)`` lets ``generate`` decode in recurrent mode:
+constant work per token.
+
+Shapes: b batch, n sequence, c model dim, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from minimodels._util import check, check_ndim, check_positive
+
+__all__ = ["LM", "Block", "MLP", "MIXERS", "mixer_factory", "count_parameters"]
+
+MixerFactory = Callable[[int], nn.Module]
+
+# name -> "module:attribute"; imported on first use so that importing minimodels
+# stays cheap and later chapters only add a line here.
+MIXERS: dict[str, str] = {
+    "attention": "minimodels.attention:MultiHeadAttention",
+    "s4d": "minimodels.ssm:S4DMixer",
+    "h3": "minimodels.h3:H3",
+    "hyena": "minimodels.hyena:HyenaOperator",
+    "dilated": "minimodels.dilated:DilatedAttention",
+}
+
+
+def mixer_factory(name: str, **options: Any) -> MixerFactory:
+    """Resolve a mixer by name; ``options`` go to its constructor, which rejects
+    any it does not know (no silent swallowing of a misspelt option)."""
+    check(name in MIXERS, f"unknown mixer {name!r}; known: {sorted(MIXERS)}")
+    module, attr = MIXERS[name].split(":")
+    cls = getattr(importlib.import_module(module), attr)
+    return partial(cls, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, mult * dim), nn.GELU(), nn.Linear(mult * dim, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: mixer, then MLP."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_mult: int = 4) -> None:
+        super().__init__()
+        self.norm1, self.mixer = nn.LayerNorm(dim), mixer
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_mult) if mlp_mult > 0 else None
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._mlp(x + self.mixer(self.norm1(x)))
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        y, state = self.mixer.step(self.norm1(x), state)
+        return self._mlp(x + y), state
+
+
+class LM(nn.Module):
+    """Token embedding -> ``depth`` blocks of (mixer, MLP) -> norm -> tied head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        depth: int,
+        mixer: MixerFactory | str = "attention",
+        *,
+        mlp_mult: int = 4,
+        tie_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(vocab_size=vocab_size, dim=dim, depth=depth)
+        check(mlp_mult >= 0, f"mlp_mult must be >= 0, got {mlp_mult}")
+        make = mixer_factory(mixer) if isinstance(mixer, str) else mixer
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.ModuleList(
+            Block(dim, make(dim), mlp_mult) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        if tie_weights:
+            self.head.weight = self.embed.weight
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
+        check_ndim("ids", ids, 2, "b n")
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy over positions whose target is not -100."""
+        logits = self(ids)
+        return F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-100
+        )
+
+    @property
+    def recurrent(self) -> bool:
+        """True when every mixer can decode one token at a time."""
+        return all(hasattr(b.mixer, "step") for b in self.blocks)
+
+    def step(self, token: Tensor, states: list[Any]) -> tuple[Tensor, list[Any]]:
+        """One token (b,) -> logits (b v), advancing every mixer's state."""
+        x = self.embed(token)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block.step(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states
+
+    def init_states(self, batch: int) -> list[Any]:
+        return [b.mixer.init_state(batch) for b in self.blocks]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        recurrent: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` after ``prompt`` (b n); returns (b n+new).
+
+        ``recurrent=True`` feeds one token at a time through the mixers' ``step``
+        (constant work per token); ``False`` recomputes the whole prefix each time.
+        The default is recurrent whenever every mixer supports it.
+        """
+        check_ndim("prompt", prompt, 2, "b n")
+        check(prompt.shape[1] > 0, "prompt must hold at least one token")
+        check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+        check(top_k is None or top_k > 0, f"top_k must be positive, got {top_k}")
+        recurrent = self.recurrent if recurrent is None else recurrent
+        check(not recurrent or self.recurrent, "a mixer here has no step()")
+        sample = partial(_sample, temperature=temperature, top_k=top_k, gen=generator)
+        ids = prompt
+        if recurrent:
+            states = self.init_states(prompt.shape[0])
+            for t in range(prompt.shape[1]):
+                logits, states = self.step(prompt[:, t], states)
+            for _ in range(max_new_tokens):
+                ids = torch.cat((ids, sample(logits)[:, None]), dim=1)
+                logits, states = self.step(ids[:, -1], states)
+            return ids
+        for _ in range(max_new_tokens):
+            ids = torch.cat((ids, sample(self(ids)[:, -1])[:, None]), dim=1)
+        return ids
+
+
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None
+) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]

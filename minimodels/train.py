@@ -1,0 +1,192 @@
+"""A small, deterministic trainer that every chapter shares.
+
+AdamW ("Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019,
+arXiv:1711.05101) with linear warm-up and cosine decay, gradient clipping, a tqdm
+progress bar, and evaluation of loss, accuracy and bits per token.
+
+Parameters may carry their own optimizer settings in an ``_optim`` attribute (a
+dict such as ``{"lr": 1e-3, "weight_decay": 0.0}``), the convention of the S4
+code base; they get a parameter group of their own. Otherwise matrices decay and
+vectors (biases, norms) do not.
+
+Data is either a pair of tensors ``(x, y)`` of shape (N, L) from which batches are
+drawn, or a function ``(batch_size, generator) -> (x, y)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from minimodels._util import check, check_positive
+from minimodels.data import IGNORE
+
+__all__ = ["TrainConfig", "History", "train", "evaluate", "param_groups", "lr_at"]
+
+Batch = tuple[Tensor, Tensor]
+Data = Batch | Callable[[int, torch.Generator], Batch]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int = 20
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+        check_positive(eval_every=self.eval_every, eval_batches=self.eval_batches)
+        check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class History:
+    """What happened during training; lists are indexed by evaluation."""
+
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def final_acc(self) -> float:
+        return self.val_acc[-1]
+
+    @property
+    def final_loss(self) -> float:
+        return self.val_loss[-1]
+
+    @property
+    def final_bits(self) -> float:
+        """Validation loss in bits per token (bits per byte on a byte corpus)."""
+        return self.val_loss[-1] / math.log(2)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 10% of ``lr``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups: special ``_optim`` settings, decayed matrices, the rest."""
+    special: dict[tuple, list[nn.Parameter]] = {}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if hasattr(p, "_optim"):
+            special.setdefault(tuple(sorted(p._optim.items())), []).append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups += [{"params": ps, **dict(opts)} for opts, ps in special.items()]
+    return [g for g in groups if g["params"]]
+
+
+def _draw(data: Data, batch_size: int, g: torch.Generator) -> Batch:
+    if callable(data):
+        return data(batch_size, g)
+    x, y = data
+    idx = torch.randint(0, len(x), (batch_size,), generator=g)
+    return x[idx], y[idx]
+
+
+def _loss_and_correct(
+    model: nn.Module, x: Tensor, y: Tensor
+) -> tuple[Tensor, int, int]:
+    logits = model(x)
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE
+    )
+    seen = y != IGNORE
+    correct = (logits.argmax(-1) == y)[seen].sum().item()
+    return loss, int(correct), int(seen.sum().item())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Data, batch_size: int = 64, batches: int = 4, seed: int = 1
+) -> tuple[float, float]:
+    """Mean loss and accuracy over ``batches`` batches (all of a tensor dataset
+    when it is smaller than that)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    if callable(data):
+        chunks = [data(batch_size, g) for _ in range(batches)]
+    else:
+        x, y = data
+        chunks = list(zip(x.split(batch_size), y.split(batch_size)))[:batches]
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in chunks:
+        loss, c, n = _loss_and_correct(model, x, y)
+        total_loss, correct, count = (
+            total_loss + loss.item() * n,
+            correct + c,
+            count + n,
+        )
+    model.train(was_training)
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def train(
+    model: nn.Module,
+    train_data: Data,
+    val_data: Data,
+    config: TrainConfig = TrainConfig(),
+    *,
+    description: str = "train",
+) -> History:
+    """Train ``model`` (whose forward maps ids to logits) and return its history."""
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98)
+    )
+    base_lrs = [group["lr"] for group in opt.param_groups]
+    history, start = History(), time.perf_counter()
+    model.train()
+    bar = tqdm(range(config.steps), desc=description, disable=not config.progress)
+    for step in bar:
+        scale = lr_at(step, config) / config.lr
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * scale
+        x, y = _draw(train_data, config.batch_size, g)
+        loss, _, _ = _loss_and_correct(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            val_loss, val_acc = evaluate(
+                model, val_data, config.batch_size, config.eval_batches
+            )
+            history.step.append(step + 1)
+            history.train_loss.append(loss.item())
+            history.val_loss.append(val_loss)
+            history.val_acc.append(val_acc)
+            history.seconds.append(time.perf_counter() - start)
+            bar.set_postfix(loss=f"{val_loss:.3f}", acc=f"{val_acc:.3f}")
+    return history

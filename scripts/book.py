@@ -1,0 +1,114 @@
+"""Generate the Jupyter Book config (``_config.yml``, ``_toc.yml``) from book.toml.
+
+    python scripts/book.py config   # write _config.yml and _toc.yml
+    python scripts/book.py list     # print the chapter list as Markdown
+
+book.toml is the single manifest of the book; the two YAML files are generated
+(and git-ignored), so they can never disagree with it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_manifest(root: Path = ROOT) -> dict:
+    manifest = tomllib.loads((root / "book.toml").read_text())
+    for chapter in manifest["chapters"]:
+        path = root / chapter["file"]
+        if not path.exists():
+            raise SystemExit(f"book.toml names {chapter['file']}, which does not exist")
+    return manifest
+
+
+def _yaml(value: object, indent: int = 0) -> str:
+    """A tiny YAML writer for dicts, lists and scalars (JSON scalars are YAML)."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{key}:\n{_yaml(item, indent + 1)}")
+            else:
+                lines.append(f"{pad}{key}: {json.dumps(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        lines = []
+        for item in value:
+            if isinstance(item, dict):
+                body = _yaml(item, indent + 1).lstrip()
+                lines.append(f"{pad}- {body}")
+            else:
+                lines.append(f"{pad}- {json.dumps(item)}")
+        return "\n".join(lines)
+    return f"{pad}{json.dumps(value)}"
+
+
+def config(manifest: dict) -> dict:
+    book = manifest["book"]
+    return {
+        "title": book["title"],
+        "author": book["author"],
+        "copyright": str(book["copyright"]),
+        "only_build_toc_files": True,
+        "exclude_patterns": [
+            "_build",
+            "notebooks",
+            ".*",
+            "**/.*",
+            "README.md",
+            ".venv",
+            "tests",
+        ],
+        "execute": {
+            "execute_notebooks": "cache",
+            "timeout": book["timeout_s"],
+            "allow_errors": False,
+        },
+        "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence"]},
+        "html": {"use_repository_button": False},
+        "launch_buttons": {"notebook_interface": "jupyterlab", "binderhub_url": ""},
+        "sphinx": {
+            "extra_extensions": ["sphinx-mathjax-offline"],
+            "config": {"nb_execution_show_tb": True, "html_show_copyright": True},
+        },
+    }
+
+
+def toc(manifest: dict) -> dict:
+    landing = manifest["book"]["landing"].removesuffix(".md")
+    chapters = [{"file": c["file"].removesuffix(".md")} for c in manifest["chapters"]]
+    return {"format": "jb-book", "root": landing, "chapters": chapters}
+
+
+def chapter_list(manifest: dict) -> str:
+    lines = []
+    for i, c in enumerate(manifest["chapters"]):
+        lines.append(f"{i}. [{c['title']}]({c['file']}) — `{c['module']}`")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    manifest = load_manifest()
+    command = argv[1] if len(argv) > 1 else "config"
+    if command == "config":
+        header = "# Generated from book.toml by scripts/book.py: do not edit.\n"
+        (ROOT / "_config.yml").write_text(header + _yaml(config(manifest)) + "\n")
+        (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
+    elif command == "list":
+        print(chapter_list(manifest))
+    else:
+        raise SystemExit(f"unknown command {command!r}: use 'config' or 'list'")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

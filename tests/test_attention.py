@@ -1,0 +1,106 @@
+from functools import partial
+
+import pytest
+import torch
+
+from minimodels.attention import (
+    MultiHeadAttention,
+    RotaryEmbedding,
+    attention_naive,
+    attention_sdpa,
+    causal_mask,
+)
+from minimodels.testing import assert_causal, assert_same
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,m", [(1, 1), (17, 17), (64, 64), (5, 9), (9, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_equals_naive(causal, n, m, dtype):
+    g = torch.Generator().manual_seed(n * 100 + m)
+    q = torch.randn(2, 3, n, 16, generator=g, dtype=dtype)
+    k = torch.randn(2, 3, m, 16, generator=g, dtype=dtype)
+    v = torch.randn(2, 3, m, 16, generator=g, dtype=dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
+    assert_same(
+        partial(attention_sdpa, causal=causal),
+        partial(attention_naive, causal=causal),
+        (q, k, v),
+        **tol,
+    )
+
+
+def test_naive_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 4, 8, generator=g, dtype=torch.float64) for _ in "qkv")
+    s = q[0, 0] @ k[0, 0].T / 8**0.5
+    s = s.masked_fill(torch.ones(4, 4).triu(1).bool(), float("-inf"))
+    expected = torch.softmax(s, -1) @ v[0, 0]
+    torch.testing.assert_close(attention_naive(q, k, v, causal=True)[0, 0], expected)
+
+
+def test_causal_mask_is_end_aligned():
+    mask = causal_mask(2, 4)
+    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+    more_queries = causal_mask(4, 2)
+    assert not more_queries[0].any() and not more_queries[1].any()
+    assert more_queries[3].all()
+
+
+def test_rows_without_keys_are_zero():
+    q, k, v = torch.randn(1, 1, 5, 8), torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8)
+    for attend in (attention_naive, attention_sdpa):
+        out = attend(q, k, v, causal=True)
+        assert torch.isfinite(out).all()
+        assert out[0, 0, :3].abs().max() == 0
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_multihead_attention_is_causal(fast):
+    torch.manual_seed(0)
+    mixer = MultiHeadAttention(32, heads=4, fast=fast)
+    assert_causal(mixer, torch.randn(2, 13, 32), positions=[0, 5, 12])
+
+
+def test_fast_and_reference_mixer_agree():
+    torch.manual_seed(0)
+    fast = MultiHeadAttention(32, heads=4, fast=True)
+    slow = MultiHeadAttention(32, heads=4, fast=False)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 11, 32)
+    torch.testing.assert_close(fast(x), slow(x), rtol=1e-4, atol=1e-5)
+
+
+def test_step_with_cache_equals_forward():
+    torch.manual_seed(0)
+    mixer = MultiHeadAttention(32, heads=4).double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    state, outs = mixer.init_state(2), []
+    for t in range(9):
+        y, state = mixer.step(x[:, t], state)
+        outs.append(y)
+    torch.testing.assert_close(torch.stack(outs, 1), mixer(x))
+    assert state[0].shape == (2, 4, 9, 8)
+
+
+def test_rotary_scores_depend_only_on_offset():
+    rotary = RotaryEmbedding(8).double()
+    q, k = torch.randn(1, 1, 1, 8).double(), torch.randn(1, 1, 1, 8).double()
+    score = [(rotary(q, i) * rotary(k, i + 3)).sum() for i in (0, 7, 20)]
+    torch.testing.assert_close(score[0], score[1])
+    torch.testing.assert_close(score[0], score[2])
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="heads"):
+        MultiHeadAttention(30, heads=4)
+    with pytest.raises(ValueError, match="q must have shape"):
+        attention_naive(
+            torch.randn(3, 4, 8), torch.randn(1, 3, 4, 8), torch.randn(1, 3, 4, 8)
+        )
+    with pytest.raises(ValueError, match="k and v"):
+        attention_sdpa(
+            torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8), torch.randn(1, 1, 5, 8)
+        )
+    with pytest.raises(ValueError, match="x must have shape"):
+        MultiHeadAttention(32)(torch.randn(4, 32))

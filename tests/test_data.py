@@ -1,0 +1,112 @@
+import zipfile
+
+import pytest
+import torch
+
+from minimodels.data import (
+    IGNORE,
+    ByteCorpus,
+    associative_recall,
+    induction_heads,
+    load_enwik8,
+    random_windows,
+    selective_copying,
+    stdlib_corpus,
+)
+
+
+def test_associative_recall_answers_are_the_bound_values():
+    x, y = associative_recall(200, 21, 16, seed=3)
+    assert x.shape == y.shape == (200, 21)
+    assert (y[:, :-1] == IGNORE).all()
+    keys, values = x[:, 0:-1:2], x[:, 1:-1:2]
+    assert (keys < 8).all() and (values >= 8).all() and (x[:, -1] < 8).all()
+    for row in range(200):
+        bound = {}
+        for k, v in zip(keys[row].tolist(), values[row].tolist()):
+            assert bound.setdefault(k, v) == v  # a key keeps its value
+        assert y[row, -1].item() == bound[x[row, -1].item()]
+
+
+def test_tasks_are_deterministic_by_seed():
+    for task in (associative_recall, induction_heads, selective_copying):
+        a, b, c = (
+            task(8, 33, 10, seed=1),
+            task(8, 33, 10, seed=1),
+            task(8, 33, 10, seed=2),
+        )
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert not torch.equal(a[0], c[0])
+
+
+def test_induction_heads_target_follows_first_trigger():
+    x, y = induction_heads(100, 30, 12, seed=0)
+    trigger = 11
+    for row in range(100):
+        first = (x[row] == trigger).nonzero()[0].item()
+        assert first < 14 and x[row, -1] == trigger
+        assert y[row, -1] == x[row, first + 1]
+        assert (x[row] == trigger).sum() == 2
+
+
+def test_selective_copying_targets_are_the_data_in_order():
+    x, y = selective_copying(50, 24, 10, num_tokens=4, seed=0)
+    for row in range(50):
+        body = x[row, :20]
+        data = body[body != 0]
+        assert torch.equal(y[row][y[row] != IGNORE], data)
+        assert (x[row, 20:] == 9).all()
+
+
+def test_bad_task_arguments():
+    with pytest.raises(ValueError, match="seq_len"):
+        associative_recall(4, 20, 16)
+    with pytest.raises(ValueError, match="vocab_size"):
+        associative_recall(4, 21, 15)
+    with pytest.raises(ValueError, match="seq_len"):
+        selective_copying(4, 6, 10, num_tokens=4)
+
+
+def test_stdlib_corpus_split_and_roundtrip():
+    corpus = stdlib_corpus(50_000, val_fraction=0.2)
+    assert len(corpus.train) + len(corpus.val) == 50_000
+    assert len(corpus.val) == 10_000
+    assert corpus.train.max() < 256 and corpus.vocab_size == 256
+    text = ByteCorpus.decode(corpus.train[:200])
+    assert torch.equal(ByteCorpus.encode(text), corpus.train[:200])
+    assert "import" in ByteCorpus.decode(corpus.train)
+
+
+def test_stdlib_corpus_reads_a_given_root(tmp_path):
+    (tmp_path / "b.py").write_text("print('b')\n" * 20)
+    (tmp_path / "a.py").write_text("x = 1\n" * 20)
+    corpus = stdlib_corpus(150, root=tmp_path, val_fraction=0.5)
+    assert ByteCorpus.decode(corpus.train).startswith("x = 1\n")
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_enwik8_split_on_a_tiny_file(tmp_path, zipped):
+    data = bytes(range(256)) * 4
+    path = tmp_path / "enwik8"
+    path.write_bytes(data)
+    if zipped:
+        with zipfile.ZipFile(tmp_path / "enwik8.zip", "w") as archive:
+            archive.write(path, "enwik8")
+        path = tmp_path / "enwik8.zip"
+    train, val, test = load_enwik8(path, split=(900, 50, 50))
+    assert (len(train), len(val), len(test)) == (900, 50, 50)
+    assert train[0] == 0 and val[0] == 900 % 256 and test[-1] == 999 % 256
+
+
+def test_enwik8_too_small_is_an_error(tmp_path):
+    path = tmp_path / "enwik8"
+    path.write_bytes(b"abc")
+    with pytest.raises(ValueError, match="fewer than the split"):
+        load_enwik8(path)
+
+
+def test_random_windows_are_shifted_by_one():
+    data = torch.arange(1000)
+    x, y = random_windows(data, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(y, x + 1)

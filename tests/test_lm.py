@@ -1,0 +1,74 @@
+from functools import partial
+
+import pytest
+import torch
+
+from minimodels.attention import MultiHeadAttention
+from minimodels.lm import LM, count_parameters, mixer_factory
+from minimodels.testing import assert_causal
+
+
+def test_logits_shape_and_tied_head():
+    model = LM(vocab_size=20, dim=32, depth=2)
+    logits = model(torch.randint(0, 20, (3, 7)))
+    assert logits.shape == (3, 7, 20)
+    assert model.head.weight is model.embed.weight
+
+
+def test_lm_is_causal():
+    torch.manual_seed(0)
+    model = LM(vocab_size=20, dim=32, depth=2)
+    assert_causal(model, torch.randint(0, 20, (2, 12)), positions=[1, 6, 11])
+
+
+def test_mixer_by_name_and_by_factory_build_the_same_model():
+    torch.manual_seed(0)
+    a = LM(16, 32, 2, mixer_factory("attention", heads=2))
+    torch.manual_seed(0)
+    b = LM(16, 32, 2, partial(MultiHeadAttention, heads=2))
+    assert count_parameters(a) == count_parameters(b)
+    ids = torch.randint(0, 16, (2, 5))
+    torch.testing.assert_close(a(ids), b(ids))
+
+
+def test_misspelt_mixer_option_is_an_error():
+    with pytest.raises(TypeError, match="haeds"):
+        LM(16, 32, 1, mixer_factory("attention", haeds=2))
+    with pytest.raises(ValueError, match="unknown mixer"):
+        mixer_factory("transformer")
+
+
+def test_recurrent_generation_equals_recompute():
+    torch.manual_seed(0)
+    model = LM(16, 32, 2).double().eval()
+    prompt = torch.randint(0, 16, (2, 4))
+    assert model.recurrent
+    fast = model.generate(prompt, 6, temperature=0, recurrent=True)
+    slow = model.generate(prompt, 6, temperature=0, recurrent=False)
+    assert fast.shape == (2, 10)
+    assert torch.equal(fast, slow)
+    assert torch.equal(fast[:, :4], prompt)
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    torch.manual_seed(0)
+    model = LM(16, 32, 1).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    runs = [
+        model.generate(prompt, 8, top_k=1, generator=torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    ]
+    greedy = model.generate(prompt, 8, temperature=0)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], greedy)
+    a = model.generate(prompt, 8, generator=torch.Generator().manual_seed(3))
+    b = model.generate(prompt, 8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dim"):
+        LM(16, 0, 1)
+    with pytest.raises(ValueError, match="ids must have shape"):
+        LM(16, 32, 1)(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="top_k"):
+        LM(16, 32, 1).generate(torch.zeros(1, 2, dtype=torch.long), 2, top_k=0)
