@@ -33,6 +33,7 @@ __all__ = [
     "fit_power_law",
     "save_json",
     "load_json",
+    "figures_dir",
 ]
 
 
@@ -186,3 +187,17 @@ def save_json(
 
 def load_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def figures_dir(start: str | Path | None = None) -> Path:
+    """The repository's ``figures/`` folder, found by walking up from ``start``
+    (default: the working directory) to the folder holding ``book.toml``.
+
+    Chapters run from ``chapters/`` (book build) or ``notebooks/`` (nbval); both
+    find the same folder. Outside a checkout this is ``./figures``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "book.toml").exists():
+            return folder / "figures"
+    return here / "figures"
