@@ -1,0 +1,128 @@
+"""The built site, opened from disk in headless Chromium: every page exists, maths is
+rendered by the local MathJax, figures load, and no request leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HTML = ROOT / "_build" / "html"
+# Hosts Chromium itself contacts (updates, time, accounts), never the page.
+CHROMIUM_OWN = re.compile(r"(^|\.)(google\.com|googleapis\.com|gvt1\.com|gvt2\.com)$")
+
+
+def _manifest() -> dict:
+    try:
+        import tomllib
+    except ImportError:
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "book.toml").read_text())
+
+
+def _browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    return found
+
+
+def _pages() -> list[Path]:
+    manifest = _manifest()
+    landing = Path(manifest["book"]["landing"]).with_suffix(".html").name
+    chapters = [Path(c["file"]).with_suffix(".html") for c in manifest["chapters"]]
+    return [HTML / landing, *(HTML / c for c in chapters)]
+
+
+def _open(page: Path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and every URL the browser requested."""
+    with tempfile.TemporaryDirectory() as tmp:
+        netlog = Path(tmp) / "net.json"
+        command = [
+            _browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp}/profile",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--log-net-log={netlog}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        log = netlog.read_text()
+    urls = re.findall(r'"url":"([^"]+)"', log)
+    return done.stdout, urls
+
+
+@pytest.fixture(scope="module", params=_pages(), ids=lambda p: p.name)
+def page(request) -> tuple[Path, str, list[str]]:
+    path = request.param
+    assert path.exists(), f"{path} was not built"
+    dom, urls = _open(path)
+    return path, dom, urls
+
+
+def test_page_has_content(page):
+    path, dom, _ = page
+    assert "<h1" in dom and len(dom) > 5000, f"{path.name} looks empty"
+
+
+def test_maths_is_rendered_locally(page):
+    path, dom, urls = page
+    assert "<mjx-merror" not in dom, f"MathJax error on {path.name}"
+    chunks = dom.split('class="math notranslate nohighlight"')[1:]
+    for chunk in chunks:
+        assert "<mjx-container" in chunk[:400], f"unrendered maths on {path.name}"
+    if chunks:
+        mathjax = [u for u in urls if "mathjax" in u.lower() and u.startswith("file:")]
+        assert mathjax, "MathJax was not loaded from the local build"
+    assert "$$" not in re.sub(r"<[^>]+>", "", dom.split("<body", 1)[-1])
+
+
+def test_figures_load(page):
+    path, dom, urls = page
+    sources = re.findall(r'<img[^>]+src="([^"]+)"', dom)
+    requested = {unquote(urlparse(u).path) for u in urls if u.startswith("file:")}
+    for src in sources:
+        if src.startswith("data:"):
+            continue
+        assert not urlparse(src).scheme.startswith("http"), f"remote image {src}"
+        target = (path.parent / unquote(src)).resolve()
+        assert target.exists() and target.stat().st_size > 0, f"missing image {src}"
+        assert str(target) in requested, f"image {src} was not loaded"
+
+
+def test_nothing_leaves_the_machine(page):
+    path, dom, urls = page
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme in ("file", "data", "blob", "about", "chrome", ""):
+            continue
+        host = parsed.hostname or ""
+        assert CHROMIUM_OWN.search(host), f"{path.name} requested {url}"
+    for attr in re.findall(
+        r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', dom
+    ):
+        pytest.fail(f"{path.name} references the remote resource {attr}")
+
+
+def test_chapter_pages_show_figures():
+    first_chapter = _pages()[1]
+    dom, _ = _open(first_chapter)
+    assert re.search(r'<img[^>]+src="[^"]+\.png"', dom), "chapter 0 shows no figure"

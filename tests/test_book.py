@@ -1,0 +1,92 @@
+"""The book's manifest, its generated config, the README and the notebooks agree."""
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("book", ROOT / "scripts" / "book.py")
+book = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(book)
+
+MANIFEST = book.load_manifest(ROOT)
+CHAPTERS = MANIFEST["chapters"]
+
+
+def test_manifest_has_chapters_in_order():
+    files = [c["file"] for c in CHAPTERS]
+    assert files, "book.toml lists no chapter"
+    numbers = [int(Path(f).name[:2]) for f in files]
+    assert numbers == list(range(len(files))), "chapters must be numbered 00, 01, ..."
+    for chapter in CHAPTERS:
+        assert {"file", "title", "module", "cpu_budget_s"} <= set(chapter)
+        assert 0 < chapter["cpu_budget_s"] <= 180
+
+
+def test_every_chapter_file_is_in_the_manifest():
+    on_disk = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("chapters/*"))
+    assert on_disk == sorted(c["file"] for c in CHAPTERS), "stray or missing chapter"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+def test_chapter_is_a_myst_notebook_with_code(chapter):
+    text = (ROOT / chapter["file"]).read_text()
+    assert "extension: .md" in text and "format_name: myst" in text
+    nb = jupytext.reads(text, fmt="md:myst")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert len(code) >= 3, "a chapter without code cells tests nothing"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    first_heading = next(c for c in nb.cells if c.cell_type == "markdown")
+    assert first_heading.source.startswith(f"# {chapter['title']}")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+def test_notebook_is_in_sync_with_its_chapter(chapter):
+    md = ROOT / chapter["file"]
+    ipynb = ROOT / "notebooks" / (md.stem + ".ipynb")
+    assert ipynb.exists(), f"run `jupytext --sync {chapter['file']}`"
+    from_md = jupytext.read(md)
+    from_nb = jupytext.read(ipynb)
+    sources = [
+        [c.source for c in nb.cells if c.cell_type == "code"]
+        for nb in (from_md, from_nb)
+    ]
+    assert sources[0] == sources[1], f"{ipynb.name} is stale"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+def test_chapter_module_is_documented(chapter):
+    module = importlib.import_module(chapter["module"])
+    assert module.__doc__ and len(module.__doc__) > 100
+    assert re.search(r"arXiv:\d{4}\.\d{4,5}", module.__doc__), "name the paper"
+
+
+def test_generated_toc_follows_the_manifest():
+    toc = book.toc(MANIFEST)
+    assert [c["file"] + ".md" for c in toc["chapters"]] == [c["file"] for c in CHAPTERS]
+    generated = ROOT / "_toc.yml"
+    if generated.exists():
+        for chapter in CHAPTERS:
+            assert chapter["file"].removesuffix(".md") in generated.read_text()
+
+
+def test_config_serves_mathjax_locally_and_fails_on_warnings():
+    config = book.config(MANIFEST)
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    assert config["only_build_toc_files"] is True
+    assert config["execute"]["execute_notebooks"] in ("cache", "force")
+
+
+def test_readme_chapter_list_matches_the_manifest():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- chapters.*?-->\n(.*?)<!-- /chapters -->", readme, re.S)
+    assert block, "README.md lost its chapter-list markers"
+    assert block.group(1).strip() == book.chapter_list(MANIFEST)
+
+
+def test_no_stray_notebooks_beside_the_chapters():
+    assert not list((ROOT / "chapters").glob("*.ipynb"))
