@@ -1,0 +1,467 @@
+"""Hierarchical compression: the hourglass and the simple hierarchical transformer.
+
+"Hierarchical Transformers Are More Efficient Language Models" (Nawrot, Tworkowski,
+Tyrolski, Kaiser, Wu, Szegedy, Michalewski, 2022, arXiv:2110.13711) shortens the
+sequence by a factor k in the middle of the network. To stay causal it shifts the
+sequence right by k - 1 before pooling, so that compressed token j summarizes
+
+    z_j = Pool(x_{jk-k+1}, ..., x_{jk})                                    (1)
+
+and, upsampled by repetition (u_t = z_{floor(t/k)}), fine position t >= jk only
+sees inputs <= jk. Pooling without the shift, z_j = Pool(x_{jk}, ..., x_{jk+k-1}),
+lets position jk see k - 1 future tokens: the leak that ``shift=False`` shows.
+
+The hierarchical transformer (the ``simple-hierarchical-transformer`` package's
+API) keeps one token stream per hierarchy l (factor k_l, stride s_l | k_l). A
+depthwise causal convolution (kernel k_l, stride s_l, left padding k_l - 1: eq. 1
+with a learned pool) makes z^l_i from x_{i s_l - k_l + 1 .. i s_l}. Every layer
+runs a block (token shift, windowed causal attention, MLP) on each stream, where a
+stream attends along tokens k_l fine positions apart (k_l / s_l interleaved
+groups); then all streams are repeated s_l times back to the fine length and
+merged into the stream that predicts:
+
+    h <- h + W_2 act(sum_l Repeat_{s_l}(W_1^l Norm_l(z^l))).                (2)
+
+Token shift: "RWKV" (Peng et al., 2023, arXiv:2305.13048).
+
+Shapes: b batch, n fine length, m compressed length, c channels, k factor,
+s stride, g groups (k / s), h heads, d head dim, w window, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from minimodels._util import check, check_divides, check_ndim, check_positive
+from minimodels.attention import (
+    MultiHeadAttention,
+    RotaryEmbedding,
+    attention_naive,
+    attention_sdpa,
+)
+from minimodels.lm import Block
+
+__all__ = [
+    "shift_right",
+    "upsample",
+    "token_shift",
+    "local_attention",
+    "local_attention_naive",
+    "LocalAttention",
+    "Shorten",
+    "Hourglass",
+    "Compress",
+    "HierarchicalBlock",
+    "HierarchicalMerge",
+    "HierarchicalTransformer",
+]
+
+
+def shift_right(x: Tensor, amount: int) -> Tensor:
+    """(b n c) -> (b n c): x_{t - amount} at position t, zeros before the start."""
+    if amount == 0:
+        return x
+    return F.pad(x, (0, 0, amount, 0))[:, : x.shape[1]]
+
+
+def upsample(z: Tensor, factor: int, length: int | None = None) -> Tensor:
+    """(b m c) -> (b n c): repeat each token ``factor`` times, cut to ``length``."""
+    out = repeat(z, "b m c -> b (m k) c", k=factor)
+    return out if length is None else out[:, :length]
+
+
+def token_shift(x: Tensor) -> Tensor:
+    """(b n c): the second half of the channels comes from the previous position."""
+    x, x_prev = x.chunk(2, dim=-1)
+    return torch.cat((x, shift_right(x_prev, 1)), dim=-1)
+
+
+def _band(n: int, m: int, window: int, device: torch.device) -> Tensor:
+    i = torch.arange(n, device=device)[:, None] + (m - n)
+    j = torch.arange(m, device=device)[None, :]
+    return (j <= i) & (j > i - window)
+
+
+def local_attention_naive(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """Reference: query i sees keys i - window < j <= i, with the full score matrix.
+
+    q, k, v: (b h n d) -> (b h n d).
+    """
+    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~_band(q.shape[2], k.shape[2], window, q.device), float("-inf"))
+    return torch.einsum("bhnm,bhmd->bhnd", s.softmax(-1), v)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """The same sliding window in O(n w): cut into blocks of ``window``; a block's
+    queries see its own keys and the previous block's (masked to the band)."""
+    n, w = q.shape[2], window
+    pad = (-n) % w
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (rearrange(t, "b h (m w) d -> b h m w d", w=w) for t in (q, k, v))
+    k, v = (torch.cat((F.pad(t, (0, 0, 0, 0, 1, -1)), t), dim=3) for t in (k, v))
+    mask = _band(w, 2 * w, w, q.device).expand(q.shape[2], w, 2 * w).clone()
+    mask[0, :, :w] = False  # block 0 has no previous block
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return rearrange(out, "b h m w d -> b h (m w) d")[:, :, :n]
+
+
+class LocalAttention(nn.Module):
+    """Causal multi-head attention over the last ``window`` positions (b n c) ->
+    (b n c); ``window=None`` attends to the whole prefix. ``fast`` picks SDPA and
+    the blocked window over the plain references (same results, tested)."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int = 4,
+        dim_head: int = 32,
+        window: int | None = None,
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(dim=dim, heads=heads, dim_head=dim_head)
+        check(window is None or window > 0, f"window must be > 0, got {window}")
+        self.heads, self.window, self.fast = heads, window, fast
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+        self.rotary = RotaryEmbedding(dim_head)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
+        qkv = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        q, k, v = qkv.unbind(0)
+        q, k = self.rotary(q), self.rotary(k)
+        if self.window is None or self.window >= x.shape[1]:
+            out = (attention_sdpa if self.fast else attention_naive)(q, k, v, True)
+        else:
+            attend = local_attention if self.fast else local_attention_naive
+            out = attend(q, k, v, self.window)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+# --- The hourglass: shorten -> inner transformer -> upsample ----------------------
+
+
+class Shorten(nn.Module):
+    """Linear pooling of k tokens into one, (b n c) -> (b n/k c), after the
+    hourglass shift by k - 1 (eq. 1); ``shift=False`` is the leaking version."""
+
+    def __init__(self, dim: int, factor: int, *, shift: bool = True) -> None:
+        super().__init__()
+        check_positive(dim=dim, factor=factor)
+        self.factor, self.shift = factor, shift
+        self.proj = nn.Linear(factor * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.factor
+        check_divides("factor", k, "sequence length", x.shape[1])
+        if self.shift:
+            x = shift_right(x, k - 1)
+        return self.proj(rearrange(x, "b (m k) c -> b m (k c)", k=k))
+
+
+class Hourglass(nn.Module):
+    """Hourglass LM: ``depth = (pre, inner, post)`` attention blocks; the inner
+    ones run on the sequence shortened by ``factor``, whose upsampled output is
+    added to the residual stream. Inputs of any length are right-padded (the
+    padding lies in everyone's future) and the logits cut back."""
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        *,
+        factor: int = 4,
+        depth: tuple[int, int, int] = (1, 2, 1),
+        heads: int = 4,
+        shift: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
+        check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
+        self.factor = factor
+
+        def blocks(count: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                Block(dim, MultiHeadAttention(dim, heads=heads)) for _ in range(count)
+            )
+
+        self.embed = nn.Embedding(num_tokens, dim)
+        self.pre, self.inner, self.post = (blocks(d) for d in depth)
+        self.shorten = Shorten(dim, factor, shift=shift)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_tokens, bias=False)
+
+    def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
+        check_ndim("ids", ids, 2, "b n")
+        n = ids.shape[1]
+        x = self.embed(F.pad(ids, (0, (-n) % self.factor)))
+        for block in self.pre:
+            x = block(x)
+        z = self.shorten(x)  # (b m c), m = n / k
+        for block in self.inner:
+            z = block(z)
+        x = x + upsample(z, self.factor)
+        for block in self.post:
+            x = block(x)
+        return self.head(self.norm(x))[:, :n]
+
+
+# --- The simple hierarchical transformer ------------------------------------------
+
+
+class Compress(nn.Module):
+    """(b n c) -> (b n/s d): depthwise conv over k tokens with stride s, then a
+    pointwise projection (dsconv). Left padding k - 1 is the hourglass shift;
+    ``shift=False`` pads on the right instead, and leaks."""
+
+    def __init__(
+        self, dim: int, dim_out: int, factor: int, stride: int = 1, shift: bool = True
+    ) -> None:
+        super().__init__()
+        self.factor, self.stride, self.shift = factor, stride, shift
+        self.conv = None
+        if factor > 1:
+            self.conv = nn.Conv1d(dim, dim, factor, stride=stride, groups=dim)
+        same = factor == 1 and dim == dim_out
+        self.proj = nn.Identity() if same else nn.Linear(dim, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv is not None:
+            pad = (self.factor - 1, 0) if self.shift else (0, self.factor - 1)
+            x = F.pad(rearrange(x, "b n c -> b c n"), pad)
+            x = rearrange(self.conv(x), "b c m -> b m c")
+        return self.proj(x)
+
+
+class HierarchicalBlock(nn.Module):
+    """One hierarchy's block on (b m c): token shift, then windowed attention
+    (``window=0``: none) and an MLP, each pre-norm and residual. With ``groups``
+    g > 1 the stream is split into g interleaved sequences of tokens k fine
+    positions apart, and each attends only within itself."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        window: int | None,
+        ff_mult: int,
+        groups: int = 1,
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        self.groups = groups
+        self.attn = None
+        if window != 0:
+            self.attn = LocalAttention(
+                dim, heads=heads, dim_head=dim_head, window=window, fast=fast
+            )
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        z = rearrange(z, "b (m g) c -> (b g) m c", g=self.groups)
+        if self.attn is not None:
+            z = z + self.attn(self.norm1(token_shift(z)))
+        z = z + self.ff(self.norm2(token_shift(z)))
+        return rearrange(z, "(b g) m c -> b (m g) c", g=self.groups)
+
+
+class HierarchicalMerge(nn.Module):
+    """Eq. 2: project each stream at its own (short) length, repeat to the fine
+    length, sum, then an MLP; the same as one linear layer on the concatenation."""
+
+    def __init__(
+        self, dims: tuple[int, ...], dim_out: int, strides: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self.strides = strides
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
+        self.ins = nn.ModuleList(nn.Linear(d, 2 * dim_out, bias=False) for d in dims)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(2 * dim_out, dim_out))
+
+    def forward(self, tokens: list[Tensor], length: int) -> Tensor:
+        parts = zip(tokens, self.norms, self.ins, self.strides)
+        h = sum(upsample(w(norm(z)), s, length) for z, norm, w, s in parts)
+        return self.out(h)
+
+
+def _per_level(name: str, value: Any, levels: int) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        return (value,) * levels
+    check(
+        len(value) == levels,
+        f"{name} has {len(value)} entries but hierarchies has {levels}: "
+        f"give one value per hierarchy or a single value",
+    )
+    return tuple(value)
+
+
+class HierarchicalTransformer(nn.Module):
+    """The ``simple-hierarchical-transformer`` API: ``model(ids)`` -> logits (b n v);
+    ``model(ids, return_loss=True)`` -> (next-token loss, aux dict).
+
+    ``dim``, ``dim_head``, ``heads``, ``ff_mult``, ``window_sizes`` and
+    ``hierarchical_stride`` take one value or a tuple with one per hierarchy.
+    Window ``None`` = full causal attention, ``0`` = token shift only. Inputs of
+    any length <= ``seq_len`` work: they are right-padded to a multiple of every
+    factor. ``use_flash_attn`` picks the fused SDPA path (else the plain one).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_tokens: int,
+        dim: int | tuple[int, ...],
+        depth: int,
+        seq_len: int = 2048,
+        dim_head: int | tuple[int, ...] = 64,
+        heads: int | tuple[int, ...] = 8,
+        ff_mult: int | tuple[int, ...] = 4,
+        hierarchies: int | tuple[int, ...] = 1,
+        window_sizes: int | None | tuple[int | None, ...] = None,
+        hierarchical_stride: int | tuple[int, ...] = 1,
+        use_flash_attn: bool = True,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        check_positive(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
+        ks = hierarchies if isinstance(hierarchies, (tuple, list)) else (hierarchies,)
+        ks, L = tuple(ks), len(ks)
+        check(L > 0 and all(k > 0 for k in ks), f"hierarchies must be > 0: {ks}")
+        check(len(set(ks)) == L, f"hierarchies must be distinct, got {ks}")
+        dims, dim_heads, headss, ffs, windows, strides = (
+            _per_level(name, value, L)
+            for name, value in (
+                ("dim", dim),
+                ("dim_head", dim_head),
+                ("heads", heads),
+                ("ff_mult", ff_mult),
+                ("window_sizes", window_sizes),
+                ("hierarchical_stride", hierarchical_stride),
+            )
+        )
+        for i, k in enumerate(ks):
+            check_positive(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
+            check_positive(ff_mult=ffs[i], hierarchical_stride=strides[i])
+            check_divides("hierarchical_stride", strides[i], f"hierarchy {k}", k)
+            w = windows[i]
+            check(w is None or w >= 0, f"window_sizes must be None or >= 0: {w}")
+        self.predict = ks.index(min(ks))
+        check(
+            strides[self.predict] == 1,
+            f"the predicting hierarchy ({min(ks)}) needs hierarchical_stride 1",
+        )
+        self.hierarchies, self.strides, self.dims = ks, strides, dims
+        self.heads, self.dim_heads, self.ff_mults = headss, dim_heads, ffs
+        self.windows, self.seq_len, self.ignore_index = windows, seq_len, ignore_index
+        self.multiple = math.lcm(*ks)
+        width = max(dims)
+        self.token_emb = nn.Embedding(num_tokens, width)
+        self.emb_norm = nn.LayerNorm(width)
+        self.compressors = nn.ModuleList(
+            Compress(width, d, k, s) for d, k, s in zip(dims, ks, strides)
+        )
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                HierarchicalBlock(
+                    dims[i],
+                    heads=headss[i],
+                    dim_head=dim_heads[i],
+                    window=windows[i],
+                    ff_mult=ffs[i],
+                    groups=ks[i] // strides[i],
+                    fast=use_flash_attn,
+                )
+                for i in range(L)
+            )
+            for _ in range(depth)
+        )
+        self.merges = nn.ModuleList(
+            HierarchicalMerge(dims, dims[self.predict], strides)
+            for _ in range(depth if L > 1 else 0)
+        )
+        self.norm = nn.LayerNorm(dims[self.predict])
+        self.to_logits = nn.Linear(dims[self.predict], num_tokens, bias=False)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+
+    def _logits(self, ids: Tensor) -> Tensor:
+        check_ndim("ids", ids, 2, "b n")
+        n = ids.shape[1]
+        check(n <= self.seq_len, f"ids length {n} exceeds seq_len {self.seq_len}")
+        ids = F.pad(ids, (0, (-n) % self.multiple))  # the padding is in the future
+        x = self.emb_norm(self.token_emb(ids))
+        tokens = [compress(x) for compress in self.compressors]
+        p = self.predict
+        for i, blocks in enumerate(self.layers):
+            tokens = [block(z) for block, z in zip(blocks, tokens)]
+            if self.merges:
+                tokens[p] = tokens[p] + self.merges[i](tokens, ids.shape[1])
+        return self.to_logits(self.norm(tokens[p]))[:, :n]
+
+    def forward(
+        self, ids: Tensor, return_loss: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        if not return_loss:
+            return self._logits(ids)
+        logits = self._logits(ids[:, :-1])
+        loss = F.cross_entropy(
+            rearrange(logits, "b n v -> b v n"),
+            ids[:, 1:],
+            ignore_index=self.ignore_index,
+        )
+        return loss, {"cross_entropy": loss.detach()}
+
+    def costs(self, n: int | None = None) -> list[dict[str, Any]]:
+        """Per layer, for each hierarchy and for the merge: tokens processed,
+        parameters, and multiply-adds of the linear layers and of the attention
+        scores (causal entries only: q.k and p.v, so 2 x entries x h x d)."""
+        n = n or self.seq_len
+        n = n + (-n) % self.multiple
+        rows: list[dict[str, Any]] = []
+        for i, k in enumerate(self.hierarchies):
+            c, s, w = self.dims[i], self.strides[i], self.windows[i]
+            inner = self.heads[i] * self.dim_heads[i]
+            params = 2 * self.ff_mults[i] * c * c + (4 * inner * c if w != 0 else 0)
+            span = n // k  # length of each of the k / s interleaved groups
+            reach = span if w is None else w
+            entries = (k // s) * sum(min(t + 1, reach) for t in range(span))
+            macs = 2 * entries * inner if w != 0 else 0
+            rows.append(
+                {
+                    "hierarchy": k,
+                    "stride": s,
+                    "tokens": n // s,
+                    "params": params,
+                    "linear_macs": (n // s) * params,
+                    "attention_macs": macs,
+                }
+            )
+        if self.merges:
+            out = self.dims[self.predict]
+            coarse = sum(
+                (n // s) * d * 2 * out for d, s in zip(self.dims, self.strides)
+            )
+            params = sum(self.dims) * 2 * out + 2 * out * out
+            rows.append(
+                {
+                    "hierarchy": "merge",
+                    "stride": 1,
+                    "tokens": n,
+                    "params": params,
+                    "linear_macs": coarse + n * 2 * out * out,
+                    "attention_macs": 0,
+                }
+            )
+        return rows
