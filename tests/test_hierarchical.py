@@ -1,0 +1,301 @@
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minimodels.hierarchical import (
+    Compress,
+    HierarchicalTransformer,
+    Hourglass,
+    LocalAttention,
+    Shorten,
+    local_attention,
+    local_attention_naive,
+    shift_right,
+    token_shift,
+    upsample,
+)
+from minimodels.testing import assert_causal, assert_same
+
+# The three examples of the simple-hierarchical-transformer README, with only the
+# import changed.
+README = [
+    """
+import torch
+from minimodels.hierarchical import HierarchicalTransformer
+
+model = HierarchicalTransformer(
+    num_tokens = 20000,
+    dim = 512,
+    depth = 6,
+    dim_head = 64,
+    heads = 8,
+    seq_len = 2048,
+    hierarchies = (1, 2, 8),
+    window_sizes = (32, 64, None)
+)
+
+ids = torch.randint(0, 20000, (1, 2048))
+
+loss, _ = model(ids, return_loss = True)
+loss.backward()
+
+logits = model(ids)
+""",
+    """
+model = HierarchicalTransformer(
+    num_tokens = 20000,
+    dim = 512,
+    depth = 8,
+    dim_head = 64,
+    heads = 8,
+    seq_len = 2048,
+    hierarchies = 1,
+    window_sizes = None
+)
+""",
+    """
+model = HierarchicalTransformer(
+    num_tokens = 256,
+    dim = (128, 256, 512, 1024),
+    depth = 8,
+    seq_len = 1024,
+    use_flash_attn = True,
+    ff_mult = (2, 2, 4, 4),
+    dim_head = (16, 32, 64, 64),
+    heads = (2, 4, 8, 8),
+    hierarchies = (1, 2, 4, 16),
+    hierarchical_stride = (1, 1, 1, 8),
+    window_sizes = (16, 32, 64, None)
+).cuda()
+""",
+]
+
+
+def _shrink(code: str) -> str:
+    """The README at toy size for CPU: short sequences, narrow and shallow."""
+    code = code.replace(".cuda()", "")
+    code = re.sub(r"\b(2048|1024)\b", "64", code)
+    code = code.replace("20000", "100").replace("512", "32").replace("1024", "64")
+    return re.sub(r"depth = \d+", "depth = 2", code)
+
+
+def _run_readme(code: list[str]) -> tuple[dict, list[torch.Tensor]]:
+    """Run the examples; the models of the last two also take a training step."""
+    scope: dict = {}
+    exec(code[0], scope)
+    losses = []
+    for snippet in code[1:]:
+        exec(snippet, scope)
+        model = scope["model"]
+        ids = torch.randint(0, model.to_logits.out_features, (1, model.seq_len))
+        loss, _ = model(ids.to(model.to_logits.weight.device), return_loss=True)
+        loss.backward()
+        losses.append(loss.detach())
+    return scope, losses
+
+
+def test_readme_examples_at_toy_size() -> None:
+    scope, losses = _run_readme([_shrink(c) for c in README])
+    assert scope["logits"].shape == (1, 64, 100)
+    assert scope["model"].hierarchies == (1, 2, 4, 16)
+    assert len(losses) == 2 and all(torch.isfinite(v) for v in losses)
+
+
+@pytest.mark.gpu
+def test_readme_examples_verbatim() -> None:
+    torch.set_default_device("cuda")
+    try:
+        scope, _ = _run_readme(README)
+    finally:
+        torch.set_default_device("cpu")
+    assert scope["logits"].shape == (1, 2048, 20000)
+
+
+@pytest.mark.parametrize("n", [1, 5, 13, 32])
+@pytest.mark.parametrize("window", [1, 3, 8, 40])
+def test_local_attention_matches_reference(n: int, window: int) -> None:
+    g = torch.Generator().manual_seed(n * 100 + window)
+    q, k, v = (torch.randn(2, 3, n, 4, generator=g, dtype=torch.float64) for _ in "qkv")
+    assert_same(
+        lambda a, b, c: local_attention(a, b, c, window),
+        lambda a, b, c: local_attention_naive(a, b, c, window),
+        [q, k, v],
+    )
+
+
+def test_full_window_is_causal_attention() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full = LocalAttention(16, heads=2, dim_head=8, window=None).double()
+    wide = LocalAttention(16, heads=2, dim_head=8, window=3).double()
+    wide.load_state_dict(full.state_dict())
+    wide.window = 9  # a window as long as the sequence sees everything
+    torch.testing.assert_close(wide(x), full(x))
+    wide.window = 8  # one shorter: the last query loses the first key
+    assert not torch.allclose(wide(x)[:, -1], full(x)[:, -1])
+    torch.testing.assert_close(wide(x)[:, :-1], full(x)[:, :-1])
+
+
+CONFIGS = {
+    "flat": dict(dim=16, hierarchies=1),
+    "flat-window": dict(dim=16, hierarchies=1, window_sizes=4),
+    "flat-shift-only": dict(dim=16, hierarchies=1, window_sizes=0),
+    "1-2": dict(dim=(16, 24), hierarchies=(1, 2), window_sizes=(4, None)),
+    "1-2-8": dict(dim=16, hierarchies=(1, 2, 8), window_sizes=(3, 0, None)),
+    "1-2-8-strided": dict(
+        dim=(16, 24, 32),
+        hierarchies=(1, 2, 8),
+        hierarchical_stride=(1, 2, 8),
+        window_sizes=(4, None, 0),
+    ),
+    "readme-3": dict(
+        dim=(8, 16, 16, 24),
+        ff_mult=(2, 2, 4, 4),
+        dim_head=(4, 8, 8, 8),
+        heads=(2, 2, 2, 1),
+        hierarchies=(1, 2, 4, 16),
+        hierarchical_stride=(1, 1, 1, 8),
+        window_sizes=(2, 3, 4, None),
+    ),
+    "unsorted-3": dict(
+        dim=16, hierarchies=(4, 1, 3), hierarchical_stride=(2, 1, 3), window_sizes=2
+    ),
+    "coarse-predicts": dict(dim=16, hierarchies=(2, 4), window_sizes=(None, 0)),
+}
+
+
+def _model(**config) -> HierarchicalTransformer:
+    torch.manual_seed(0)
+    base = dict(num_tokens=11, depth=2, seq_len=64, dim_head=8, heads=2)
+    return HierarchicalTransformer(**{**base, **config}).double().eval()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_causal_every_configuration(name: str) -> None:
+    model = _model(**CONFIGS[name])
+    ids = torch.randint(0, 11, (2, 37), generator=torch.Generator().manual_seed(1))
+    assert_causal(model, ids, range(37))  # 37: no factor divides it
+
+
+def test_padding_changes_nothing() -> None:
+    model = _model(**CONFIGS["1-2-8-strided"])
+    ids = torch.randint(0, 11, (2, 64))
+    full = model(ids)
+    for n in (1, 7, 37, 63):
+        torch.testing.assert_close(model(ids[:, :n]), full[:, :n])
+
+
+def test_naive_pooling_leaks() -> None:
+    ids = torch.randint(0, 11, (2, 32), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    leaky = Hourglass(11, 16, factor=4, shift=False).double().eval()
+    with pytest.raises(AssertionError, match="output before position"):
+        assert_causal(leaky, ids, range(32))
+    # position 4j sees the token at 4j + 3 through the pooled token
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 11
+    assert (leaky(ids)[:, 4] - leaky(changed)[:, 4]).abs().max() > 1e-3
+    torch.manual_seed(0)
+    assert_causal(Hourglass(11, 16, factor=4).double().eval(), ids, range(32))
+    # the same leak in the hierarchical transformer's compressor
+    model = _model(**CONFIGS["1-2-8-strided"])
+    for compress in model.compressors:
+        compress.shift = False
+    with pytest.raises(AssertionError, match="output before position"):
+        assert_causal(model, ids, range(32))
+
+
+def test_compress_is_shift_then_pool() -> None:
+    """Eq. 1: a conv with weights 1/k, stride k, left padding k - 1 is the mean
+    of the windows of the sequence shifted right by k - 1."""
+    x = torch.randn(2, 12, 3, dtype=torch.float64)
+    for k in (1, 2, 3, 4):
+        compress = Compress(3, 3, k, k).double()
+        if k > 1:
+            torch.nn.init.constant_(compress.conv.weight, 1 / k)
+            torch.nn.init.zeros_(compress.conv.bias)
+            compress.proj = torch.nn.Identity()
+        pooled = F.avg_pool1d(shift_right(x, k - 1).transpose(1, 2), k, k)
+        torch.testing.assert_close(compress(x), pooled.transpose(1, 2))
+
+
+def test_shorten_and_upsample_shapes() -> None:
+    x = torch.randn(2, 12, 5)
+    assert Shorten(5, 4)(x).shape == (2, 3, 5)
+    assert upsample(torch.randn(2, 3, 5), 4, 10).shape == (2, 10, 5)
+    torch.testing.assert_close(shift_right(x, 2)[:, 2:], x[:, :-2])
+    y = token_shift(x)
+    torch.testing.assert_close(y[:, 1:, 3:], x[:, :-1, 3:])
+    torch.testing.assert_close(y[:, :, :3], x[:, :, :3])  # 5 channels: 3 stay
+    assert (y[:, 0, 3:] == 0).all()
+    with pytest.raises(ValueError, match="factor"):
+        Shorten(5, 5)(x)
+
+
+def test_fast_path_equals_plain() -> None:
+    config = dict(CONFIGS["1-2-8-strided"], window_sizes=(4, None, 3))
+    fast = _model(**config, use_flash_attn=True)
+    plain = _model(**config, use_flash_attn=False)
+    plain.load_state_dict(fast.state_dict())
+    ids = torch.randint(0, 11, (2, 37))
+    torch.testing.assert_close(fast(ids), plain(ids))
+    fast(ids).sum().backward()
+    plain(ids).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_return_loss_is_next_token_cross_entropy() -> None:
+    model = _model(**CONFIGS["1-2"])
+    ids = torch.randint(0, 11, (3, 20))
+    loss, aux = model(ids, return_loss=True)
+    logits = model(ids[:, :-1])
+    expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(aux["cross_entropy"], expected)
+
+
+def test_costs_shrink_with_compression() -> None:
+    flat, strided = _model(dim=16), _model(**CONFIGS["1-2-8-strided"])
+    (row,) = flat.costs(64)
+    assert row["tokens"] == 64 and row["attention_macs"] == 2 * (64 * 65 // 2) * 16
+    rows = {r["hierarchy"]: r for r in strided.costs(64)}
+    assert [rows[k]["tokens"] for k in (1, 2, 8)] == [64, 32, 8]
+    assert rows[8]["attention_macs"] == 0  # window 0: token shift only
+    assert rows["merge"]["tokens"] == 64
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (dict(dim=(16, 24)), "dim has 2 entries but hierarchies has 1"),
+        (dict(hierarchies=(1, 2), heads=(2, 2, 2)), "heads has 3 entries"),
+        (dict(hierarchies=(1, 2), dim_head=(8,)), "dim_head has 1 entries"),
+        (dict(hierarchies=(1, 2), ff_mult=(2, 2, 2)), "ff_mult has 3"),
+        (dict(hierarchies=(1, 2), window_sizes=(4,)), "window_sizes has 1"),
+        (dict(hierarchies=(1, 4), hierarchical_stride=(1,)), "hierarchical_stride"),
+        (dict(hierarchies=(1, 4), hierarchical_stride=(1, 3)), "must divide"),
+        (dict(hierarchies=(1, 1)), "distinct"),
+        (dict(hierarchies=(1, 0)), "hierarchies must be > 0"),
+        (dict(hierarchies=(2, 4), hierarchical_stride=2), "needs hierarchical_stride"),
+        (dict(window_sizes=-1), "window_sizes"),
+        (dict(dim=0), "dim must be positive"),
+        (dict(depth=0), "depth must be positive"),
+    ],
+)
+def test_bad_config_names_the_argument(config: dict, message: str) -> None:
+    base = dict(num_tokens=11, dim=16, depth=1, seq_len=32, dim_head=8, heads=2)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        HierarchicalTransformer(**{**base, **config})
+
+
+def test_bad_input_names_the_argument() -> None:
+    model = _model(dim=16)
+    with pytest.raises(ValueError, match="exceeds seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="ids must have shape"):
+        model(torch.zeros(65, dtype=torch.long))
+    with pytest.raises(ValueError, match="depth must be 3 counts"):
+        Hourglass(11, 16, depth=(1, 2))
