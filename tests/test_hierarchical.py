@@ -299,3 +299,20 @@ def test_bad_input_names_the_argument() -> None:
         model(torch.zeros(65, dtype=torch.long))
     with pytest.raises(ValueError, match="depth must be 3 counts"):
         Hourglass(11, 16, depth=(1, 2))
+
+
+def test_benchmark_runs_at_toy_size(tmp_path) -> None:
+    from benchmarks import hierarchical as benchmark
+    from minimodels.bench import load_json
+
+    out = tmp_path / "hierarchical.json"
+    argv = ["--dim", "16", "--heads", "2", "--depth", "1", "--seq-len", "32"]
+    benchmark.main([*argv, "--batch", "1", "--repeats", "1", "--out", str(out)])
+    data = load_json(out)
+    rows = data["results"]["rows"]
+    models = {r["model"] for r in rows}
+    assert {"ours (1, 2, 8)", "ours flat"} <= models
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    train_rows = [r for r in rows if r["mode"] == "train step"]
+    assert all(r["activation_bytes"] > 0 for r in train_rows)
+    assert data["environment"]["device_type"] == "cpu"
