@@ -130,12 +130,15 @@ def _print_row(row: dict[str, Any]) -> None:
     )
 
 
-def _recall_data(n: int, vocab: int, device: str) -> Callable:
+def _recall_data(n: int, vocab: int, device: str, dense: bool = False) -> Callable:
     from minimodels.data import associative_recall
+    from minimodels.hyena import recall_targets_everywhere
 
     def draw(batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         x, y = associative_recall(batch, n, vocab, seed=seed)
+        if dense:
+            x, y = recall_targets_everywhere(x, y)
         return x.to(device), y.to(device)
 
     return draw
@@ -160,14 +163,15 @@ def recall(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for length in args.lengths:
         n = length + 1 if length % 2 == 0 else length  # pairs plus the query
-        data = _recall_data(n, args.vocab, args.device)
+        data = _recall_data(n, args.vocab, args.device, args.dense)
+        val = _recall_data(n, args.vocab, args.device)  # the last key only
         for name in args.mixers:
             make = _mixer(name, n)
             if make is None:
                 print(f"{name}: not available, skipped")
                 continue
             torch.manual_seed(0)
-            model = LM(args.vocab, args.dim, 2, make).to(args.device)
+            model = LM(args.vocab, args.dim, args.depth, make).to(args.device)
             config = TrainConfig(
                 steps=args.steps,
                 batch_size=args.batch,
@@ -177,7 +181,7 @@ def recall(args: argparse.Namespace) -> dict[str, Any]:
             )
             start = time.perf_counter()
             try:
-                hist = train(model, data, data, config, description=name)
+                hist = train(model, data, val, config, description=name)
                 acc, loss = hist.final_acc, hist.final_loss
             except torch.OutOfMemoryError:
                 acc, loss = None, None
@@ -195,7 +199,14 @@ def recall(args: argparse.Namespace) -> dict[str, Any]:
             )
             print(f"n={n:>7} {name:>9}: acc {acc}  ({seconds:.0f} s)", flush=True)
             del model
-    return {"rows": rows, "dim": args.dim, "depth": 2, "batch": args.batch}
+    return {
+        "rows": rows,
+        "dim": args.dim,
+        "depth": args.depth,
+        "batch": args.batch,
+        "dense_targets": args.dense,
+        "lr": args.lr,
+    }
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -214,6 +225,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=30)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--dense", action="store_true", help="train on every repeat")
     p.add_argument("--mixers", nargs="+", default=["hyena", "h3", "attention"])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="save a figure here")
