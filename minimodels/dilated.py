@@ -1,0 +1,458 @@
+"""Dilated attention: LongNet's linear-cost attention over segments and dilations.
+
+"LongNet: Scaling Transformers to 1,000,000,000 Tokens" (Ding, Ma, Dong, Zhang,
+Huang, Wang, Zheng, Wei, 2023, arXiv:2307.02486), section 2.
+
+One branch (segment length w, dilation r). The sequence is cut into segments of w
+positions; in each segment every r-th position is kept, attention runs inside the
+sparsified segment, and the outputs are scattered back (eq. 5-8):
+
+    Q~_i = [Q_{iw + s}, Q_{iw + s + r}, ..., ]     (same for K~, V~),
+    O~_i = softmax(Q~_i K~_i^T / sqrt(d)) V~_i,    O = scatter(O~_0, O~_1, ...),
+
+where head j starts at offset s_j = j mod r (section 2.4), so that the heads
+together cover every position. Positions a head does not select get no output from
+that branch. The cost is O(N w / r) per branch and head: linear in N.
+
+Several branches (w_k, r_k) are mixed by their softmax denominators (eq. 10):
+
+    O = sum_k a_k O_k,   a_k = s_k / sum_l s_l,   s_k = sum_{j in P_k(i)} e^{q_i k_j},
+
+which is exactly softmax attention over the keys of all branches together, a key
+seen by two branches counted twice. ``dedupe=True`` adds a bias -log c_ij (c_ij the
+number of branches in which query i sees key j), after which the mixture is exactly
+attention over the boolean union of the patterns. The mixture is computed from the
+log-sum-exp LSE_k = log s_k: a_k = exp(LSE_k - logsumexp_l LSE_l).
+
+Causal masking compares original positions; a ragged last segment is padded and the
+padding is masked. ``dilated_attention_reference`` builds the dense (h n n) pattern
+and runs masked full attention: the O(N^2) check of the O(N) code.
+
+Shapes: b batch, h heads, n sequence, d head dim, c model dim, s segments,
+m positions kept per segment (w / r), r dilation, i/j query/key in a segment,
+k branch, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from minimodels._util import check, check_divides, check_ndim, check_positive, default
+from minimodels.attention import RotaryEmbedding
+
+__all__ = [
+    "Branch",
+    "check_branches",
+    "head_offsets",
+    "effective_segment",
+    "branch_mask",
+    "pattern_counts",
+    "attend_sparse",
+    "dilated_branch",
+    "combine_branches",
+    "dilated_attention",
+    "dilated_attention_reference",
+    "DilatedAttention",
+    "SwiGLU",
+    "LongNetTransformer",
+]
+
+Branch = tuple[int, int]  # (segment length w, dilation r)
+
+
+def check_branches(branches: Sequence[Branch], heads: int) -> None:
+    """Validate (w, r) pairs: positive, r divides w, and enough heads that the
+    heads' offsets j mod r together reach every position."""
+    check(len(branches) > 0, "segment_lengths must name at least one branch")
+    for w, r in branches:
+        check_positive(segment_length=w, dilation_rate=r)
+        check_divides("dilation_rate", r, "segment_length", w)
+    r_min = min(r for _, r in branches)
+    check(
+        heads >= r_min,
+        f"heads ({heads}) must be >= the smallest dilation rate ({r_min}), "
+        "otherwise some positions are seen by no head",
+    )
+
+
+def head_offsets(heads: int, r: int, device: torch.device | None = None) -> Tensor:
+    """s_j = j mod r: the first position head j keeps in each segment. (h,)"""
+    return torch.arange(heads, device=device) % r
+
+
+def effective_segment(w: int, r: int, n: int) -> int:
+    """A segment longer than the sequence is the whole sequence (rounded up to r)."""
+    return min(w, -(-n // r) * r)
+
+
+def _positions(heads: int, segments: int, w: int, r: int, start: int, device) -> Tensor:
+    """Original positions of the kept rows: start + s w + s_j + r t. (h s m)"""
+    seg = torch.arange(segments, device=device)[None, :, None] * w
+    t = torch.arange(w // r, device=device)[None, None, :] * r
+    return start + seg + t + head_offsets(heads, r, device)[:, None, None]
+
+
+def _select_index(x: Tensor, r: int) -> Tensor:
+    b, h, s, m = x.shape[:4]
+    idx = head_offsets(h, r, x.device).view(1, h, 1, 1, 1, 1)
+    return idx.expand(b, h, s, m, 1, x.shape[-1])
+
+
+def sparsify(x: Tensor, w: int, r: int) -> Tensor:
+    """(b h s*w d) -> (b h s m d): row s_j + r t of every segment, for head j."""
+    x = rearrange(x, "b h (s m r) d -> b h s m r d", m=w // r, r=r)
+    return x.gather(4, _select_index(x, r)).squeeze(4)
+
+
+def scatter_back(y: Tensor, r: int, fill: float = 0.0) -> Tensor:
+    """(b h s m d) -> (b h s*w d): the inverse of ``sparsify``, ``fill`` elsewhere."""
+    b, h, s, m, d = y.shape
+    full = y.new_full((b, h, s, m, r, d), fill)
+    out = full.scatter(4, _select_index(full, r), y.unsqueeze(4))
+    return rearrange(out, "b h s m r d -> b h (s m r) d")
+
+
+def pattern_counts(
+    q_pos: Tensor, k_pos: Tensor, branches: Sequence[Branch], n: int
+) -> Tensor:
+    """c_ij: in how many branches query position i and key position j share a
+    segment and are both kept by the head. q_pos (h ... i), k_pos (h ... j)."""
+    heads = q_pos.shape[0]
+    shape = (heads,) + (1,) * (q_pos.ndim - 1)
+    qp, kp = q_pos[..., :, None], k_pos[..., None, :]
+    count = torch.zeros(torch.broadcast_shapes(qp.shape, kp.shape), dtype=torch.long)
+    count = count.to(q_pos.device)
+    for w, r in branches:
+        w = effective_segment(w, r, n)
+        o = head_offsets(heads, r, q_pos.device).view(*shape, 1)
+        same = (qp // w == kp // w) & (qp % r == o) & (kp % r == o)
+        count += same.long()
+    return count
+
+
+def attend_sparse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    *,
+    n: int,
+    causal: bool,
+    scale: float,
+    bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention inside each sparsified segment, with its log-sum-exp.
+
+    q (b h s i d), k and v (b h s j d), q_pos (h s i), k_pos (h s j): original
+    positions; keys at positions >= n are padding. Returns o (b h s i d) and
+    lse (b h s i), -inf (and o = 0) for a query that sees no key.
+    """
+    work = torch.promote_types(q.dtype, torch.float32)
+    s = torch.einsum("bhsid,bhsjd->bhsij", q.to(work), k.to(work)) * scale
+    if bias is not None:
+        s = s + bias
+    visible = (k_pos < n)[..., None, :]
+    if causal:
+        visible = visible & (k_pos[..., None, :] <= q_pos[..., :, None])
+    s = s.masked_fill(~visible, float("-inf"))
+    m = s.amax(-1, keepdim=True).detach()  # softmax is invariant to m: no grad
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    e = torch.exp(s - m)
+    denom = e.sum(-1)
+    empty = denom == 0
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    o = torch.einsum("bhsij,bhsjd->bhsid", e, v.to(work)) / safe[..., None]
+    lse = torch.where(empty, float("-inf"), m.squeeze(-1) + torch.log(safe))
+    return o.to(q.dtype), lse
+
+
+def dilated_branch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: int,
+    r: int,
+    *,
+    causal: bool,
+    scale: float,
+    dedupe_over: Sequence[Branch] | None = None,
+    start: int = 0,
+    n_total: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One (w, r) branch over q, k, v (b h n d) -> o (b h n d), lse (b h n).
+
+    ``start``/``n_total`` place this slice in a longer sequence (sequence
+    parallelism: w must then divide n); ``dedupe_over`` lists all branches when
+    shared keys are to be counted once.
+    """
+    b, h, n, d = q.shape
+    n_total = default(n_total, start + n)
+    w = effective_segment(w, r, n_total)
+    pad = -n % w
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    segments = (n + pad) // w
+    pos = _positions(h, segments, w, r, start, q.device)  # (h s m)
+    bias = None
+    if dedupe_over is not None:
+        count = pattern_counts(pos, pos, dedupe_over, n_total)
+        bias = -torch.log(
+            count.clamp(min=1).to(torch.promote_types(q.dtype, torch.float32))
+        )
+    qs, ks, vs = (sparsify(t, w, r) for t in (q, k, v))
+    o, lse = attend_sparse(
+        qs, ks, vs, pos, pos, n=n_total, causal=causal, scale=scale, bias=bias
+    )
+    o = scatter_back(o, r)[:, :, :n]
+    lse = scatter_back(lse[..., None], r, float("-inf"))[:, :, :n, 0]
+    return o, lse
+
+
+def combine_branches(outs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tensor:
+    """O = sum_k a_k O_k with a_k = exp(LSE_k - logsumexp_l LSE_l) (eq. 10).
+
+    outs: k x (b h n d), lses: k x (b h n). A query no branch sees gets 0.
+    """
+    lse = torch.stack(list(lses))  # (k b h n)
+    m = lse.amax(0, keepdim=True).detach()
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    weight = torch.exp(lse - m)  # s_k / e^m
+    total = weight.sum(0)
+    total = torch.where(total == 0, torch.ones_like(total), total)
+    out = sum(wk[..., None].to(o.dtype) * o for wk, o in zip(weight, outs))
+    return out / total[..., None].to(out.dtype)
+
+
+def _branches(
+    segment_lengths: Sequence[int], dilation_rates: Sequence[int]
+) -> list[Branch]:
+    check(
+        len(segment_lengths) == len(dilation_rates),
+        f"segment_lengths ({len(segment_lengths)}) and dilation_rates "
+        f"({len(dilation_rates)}) must have the same length",
+    )
+    return list(
+        zip((int(w) for w in segment_lengths), (int(r) for r in dilation_rates))
+    )
+
+
+def dilated_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    *,
+    causal: bool = True,
+    dedupe: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """Multi-branch dilated attention, q, k, v: (b h n d) -> (b h n d)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_ndim(name, t, 4, "b h n d")
+    check(q.shape == k.shape == v.shape, "q, k, v must have the same shape")
+    branches = _branches(segment_lengths, dilation_rates)
+    check_branches(branches, q.shape[1])
+    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
+    outs, lses = [], []
+    for w, r in branches:
+        o, lse = dilated_branch(
+            q, k, v, w, r, causal=causal, scale=scale,
+            dedupe_over=branches if dedupe else None,
+        )  # fmt: skip
+        outs.append(o)
+        lses.append(lse)
+    return combine_branches(outs, lses)
+
+
+def branch_mask(n: int, heads: int, w: int, r: int, *, causal: bool) -> Tensor:
+    """Dense (h n n) boolean pattern of one branch: True where query i sees key j."""
+    i = torch.arange(n)[None, :, None]
+    j = torch.arange(n)[None, None, :]
+    w = effective_segment(w, r, n)
+    o = head_offsets(heads, r)[:, None, None]
+    mask = (i // w == j // w) & (i % r == o) & (j % r == o)
+    return mask & (j <= i) if causal else mask
+
+
+def dilated_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    segment_lengths: Sequence[int],
+    dilation_rates: Sequence[int],
+    *,
+    causal: bool = True,
+    dedupe: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """The O(N^2) definition: masked full attention over the union of the branch
+    patterns, a key counted once per branch that sees it (once if ``dedupe``)."""
+    b, h, n, d = q.shape
+    branches = _branches(segment_lengths, dilation_rates)
+    counts = sum(branch_mask(n, h, w, r, causal=causal).long() for w, r in branches)
+    union = counts > 0  # (h n n)
+    bias = torch.zeros(counts.shape, dtype=q.dtype).masked_fill(~union, float("-inf"))
+    if not dedupe:
+        bias = bias + torch.log(counts.clamp(min=1).to(q.dtype))
+    scale = default(scale, 1.0 / math.sqrt(d))
+    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale + bias.to(q.device)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows seeing nothing: 0
+    return torch.einsum("bhij,bhjd->bhid", p, v)
+
+
+class DilatedAttention(nn.Module):
+    """Multi-head dilated attention as a sequence mixer: (b n c) -> (b n c).
+
+    The seed API ``DilatedAttention(dim, heads, dilation_rate, segment_size,
+    qk_norm=False, causal=True)`` gives one branch; ``segment_lengths=`` and
+    ``dilation_rates=`` (equal-length sequences) give LongNet's mixture.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dilation_rate: int = 1,
+        segment_size: int = 64,
+        qk_norm: bool = False,
+        causal: bool = True,
+        *,
+        segment_lengths: Sequence[int] | None = None,
+        dilation_rates: Sequence[int] | None = None,
+        dim_head: int | None = None,
+        rotary: bool = True,
+        dedupe: bool = False,
+    ) -> None:
+        super().__init__()
+        check_positive(dim=dim, heads=heads)
+        check(
+            (segment_lengths is None) == (dilation_rates is None),
+            "give both segment_lengths and dilation_rates, or neither",
+        )
+        if segment_lengths is None:
+            segment_lengths, dilation_rates = (segment_size,), (dilation_rate,)
+        self.branches = _branches(segment_lengths, dilation_rates)
+        check_branches(self.branches, heads)
+        if dim_head is None:
+            check_divides("heads", heads, "dim", dim)
+        self.heads, self.dim_head = heads, default(dim_head, dim // heads)
+        check_positive(dim_head=self.dim_head)
+        self.causal, self.dedupe = causal, dedupe
+        inner = heads * self.dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.q_norm = nn.LayerNorm(self.dim_head) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.dim_head) if qk_norm else nn.Identity()
+        self.rotary = RotaryEmbedding(self.dim_head) if rotary else None
+
+    @property
+    def segment_lengths(self) -> tuple[int, ...]:
+        return tuple(w for w, _ in self.branches)
+
+    @property
+    def dilation_rates(self) -> tuple[int, ...]:
+        return tuple(r for _, r in self.branches)
+
+    def qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Project x (b n c) to q, k, v (b h n d); ``offset`` is x's first position."""
+        qkv = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        return q, k, v
+
+    def out(self, o: Tensor) -> Tensor:  # o: (b h n d) -> (b n c)
+        return self.to_out(rearrange(o, "b h n d -> b n (h d)"))
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
+        check_ndim("x", x, 3, "b n c")
+        q, k, v = self.qkv(x)
+        o = dilated_attention(
+            q, k, v, self.segment_lengths, self.dilation_rates,
+            causal=self.causal, dedupe=self.dedupe,
+        )  # fmt: skip
+        return self.out(o)
+
+
+class SwiGLU(nn.Module):
+    """Feed-forward with a SiLU-gated linear unit ("GLU Variants Improve
+    Transformer", Shazeer, 2020, arXiv:2002.05202): W_2 (silu(x W_g) * x W_1)."""
+
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        check_positive(dim=dim, ff_mult=mult)
+        self.proj_in = nn.Linear(dim, 2 * mult * dim, bias=False)
+        self.proj_out = nn.Linear(mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(a * F.silu(gate))
+
+
+class _ParallelBlock(nn.Module):
+    """x + Attn(LN(x)) + FF(LN(x)): attention and feed-forward side by side."""
+
+    def __init__(self, dim: int, attn: DilatedAttention, ff_mult: int) -> None:
+        super().__init__()
+        self.norm, self.attn, self.ff = nn.LayerNorm(dim), attn, SwiGLU(dim, ff_mult)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(x)
+        return x + self.attn(y) + self.ff(y)
+
+
+class LongNetTransformer(nn.Module):
+    """The seed README's model: embedding, ``depth`` parallel blocks of dilated
+    attention and SwiGLU feed-forward, norm, head. ids (b n) -> logits (b n v)."""
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        ff_mult: int = 4,
+        *,
+        segment_lengths: Sequence[int] = (64, 128, 256),
+        dilation_rates: Sequence[int] = (1, 2, 4),
+        qk_norm: bool = False,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(num_tokens=num_tokens, dim=dim, depth=depth)
+        self.embed = nn.Embedding(num_tokens, dim)
+        self.blocks = nn.ModuleList(
+            _ParallelBlock(
+                dim,
+                DilatedAttention(
+                    dim,
+                    heads,
+                    qk_norm=qk_norm,
+                    causal=causal,
+                    dim_head=dim_head,
+                    segment_lengths=segment_lengths,
+                    dilation_rates=dilation_rates,
+                ),  # fmt: skip
+                ff_mult,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_tokens, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # tokens: (b n) -> (b n v)
+        check_ndim("tokens", tokens, 2, "b n")
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
