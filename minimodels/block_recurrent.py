@@ -57,6 +57,7 @@ __all__ = [
     "RecurrentTrainWrapper",
     "RecurrentTrainerWrapper",
     "BlockRecurrentLM",
+    "distant_recall",
 ]
 
 Gate = Literal["fixed", "lstm"]
@@ -628,3 +629,38 @@ class BlockRecurrentLM(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.wrapper.logits(ids)[0]
+
+
+def distant_recall(
+    num_examples: int,
+    *,
+    block_width: int,
+    gap_blocks: int,
+    num_pairs: int = 4,
+    num_keys: int = 16,
+    num_values: int = 16,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Key-value recall whose answers lie ``gap_blocks`` blocks back.
+
+    Block 0 holds ``num_pairs`` pairs ``k v`` (distinct keys) then noise; then come
+    ``gap_blocks`` blocks of noise; the last block is noise then every key once,
+    in a new order, each to be answered with its value (its target; -100
+    elsewhere). Tokens: keys [0, K), values [K, K+V), noise K+V.
+    Returns (x, y) of shape (N, (gap_blocks + 2) * block_width).
+    """
+    check_positive(num_examples=num_examples, num_pairs=num_pairs)
+    check(gap_blocks >= 0, f"gap_blocks must be >= 0, got {gap_blocks}")
+    check(2 * num_pairs <= block_width, "2 * num_pairs must be <= block_width")
+    check(num_pairs <= num_keys, f"num_pairs must be <= num_keys ({num_keys})")
+    g = torch.Generator().manual_seed(seed)
+    n, w, noise = num_examples, block_width, num_keys + num_values
+    keys = torch.rand(n, num_keys, generator=g).argsort(-1)[:, :num_pairs]
+    values = torch.randint(num_keys, noise, (n, num_pairs), generator=g)
+    x = torch.full((n, (gap_blocks + 2) * w), noise, dtype=torch.long)
+    x[:, : 2 * num_pairs] = torch.stack((keys, values), -1).flatten(1)
+    order = torch.rand(n, num_pairs, generator=g).argsort(-1)
+    x[:, -num_pairs:] = keys.gather(1, order)
+    y = torch.full_like(x, -100)
+    y[:, -num_pairs:] = values.gather(1, order)
+    return x, y

@@ -13,6 +13,7 @@ from minimodels.block_recurrent import (
     BlockRecurrentTransformer,
     RecurrentTrainWrapper,
     attend,
+    distant_recall,
 )
 from minimodels.testing import assert_causal, assert_same
 
@@ -277,3 +278,17 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     data = json.loads(out.read_text())
     ours = data["results"]["minimodels"]
     assert ours["tokens_per_s"] > 0 and ours["parameters"] > 0
+
+
+def test_distant_recall_puts_answers_beyond_the_window():
+    x, y = distant_recall(64, block_width=8, gap_blocks=3, num_pairs=2, seed=1)
+    assert x.shape == y.shape == (64, 40)
+    answered = (y != -100).nonzero()
+    assert answered[:, 1].min() == 38  # the queries close the last block
+    for row, pos in answered.tolist():
+        key = x[row, pos]
+        first = (x[row] == key).nonzero()[0, 0]
+        assert first < 8 and x[row, first + 1] == y[row, pos]  # stated in block 0
+        assert pos - first > 2 * 8  # beyond two layers of 8-token windows
+    with pytest.raises(ValueError, match="num_pairs"):
+        distant_recall(2, block_width=4, gap_blocks=1, num_pairs=3)
