@@ -1,0 +1,350 @@
+"""Diagonal state space models: S4D as a convolution and as a recurrence.
+
+"On the Parameterization and Initialization of Diagonal State Space Models"
+(Gu, Gupta, Goel, Ré, 2022, arXiv:2206.11893), following "The Annotated S4"
+(Rush & Karamcheti, 2022) and the S4D code of the state-spaces repository.
+
+One independent SSM per channel (d of them), with a diagonal complex state matrix:
+
+    x'(t) = A x(t) + B u(t),    y(t) = C x(t) + D u(t),    A = diag(A_1..A_N).  (1)
+
+Discretized with a step Δ (learned, one per channel):
+
+    zero-order hold:  Ā = exp(ΔA),               B̄ = (exp(ΔA) - 1) / A · B     (2)
+    bilinear:         Ā = (1 + ΔA/2)/(1 - ΔA/2),  B̄ = Δ B / (1 - ΔA/2)          (3)
+
+The recurrence and the convolution it unrolls to (K̄ is the SSM kernel):
+
+    x_k = Ā x_{k-1} + B̄ u_k,    y_k = 2 Re(C x_k) + D u_k                      (4)
+    y = K̄ * u + D u,            K̄_l = 2 Re( sum_n C_n B̄_n Ā_n^l )             (5)
+
+(5) is a Vandermonde product, K̄ = 2 Re((C ∘ B̄) V) with V[n, l] = Ā_n^l
+= exp(l log Ā_n): one matrix product, no loop over powers. A real SSM's complex
+modes come in conjugate pairs; only one of each pair is stored and "2 Re" adds the
+other, so a state size N (``d_state``) stores N/2 complex modes.
+
+Initializations, A_n = -1/2 + i·ω_n (n = 0 .. N/2 - 1):
+    S4D-Lin: ω_n = π n;    S4D-Inv: ω_n = (N/π) (N/(2n+1) - 1).
+log Δ ~ U[log Δ_min, log Δ_max], B = 1, C ~ CN(0, 1), D ~ N(0, 1). Re A stays
+negative (A = -exp(log_A_real) + i A_imag). A, B and Δ train at lr 1e-3 with no
+weight decay (their ``_optim`` attribute, honoured by ``minimodels.train``).
+
+Shapes: b batch, n sequence, d channels (model dim), s stored modes (N/2), l lag.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from minimodels._util import check, check_ndim, check_positive
+from minimodels.conv import fft_conv
+
+__all__ = [
+    "discretize_zoh",
+    "discretize_bilinear",
+    "ssm_kernel",
+    "ssm_kernel_naive",
+    "ssm_scan",
+    "s4d_init",
+    "S4D",
+    "S4DMixer",
+    "ssm_param_groups",
+    "remember_first",
+]
+
+DISCRETIZATIONS = ("zoh", "bilinear")
+INITS = ("inv", "lin")
+
+
+def _check_diag(A: Tensor, B: Tensor, dt: Tensor) -> None:
+    check(A.is_complex(), f"A must be complex (the diagonal of A), got {A.dtype}")
+    check(A.shape == B.shape, f"A {tuple(A.shape)} and B {tuple(B.shape)} differ")
+    check(not dt.is_complex(), "dt must be real")
+    check(
+        dt.ndim == 0 or dt.shape == A.shape[:-1],
+        f"dt must be a scalar or have shape {tuple(A.shape[:-1])}, got "
+        f"{tuple(dt.shape)}",
+    )
+
+
+def _dt(dt: Tensor) -> Tensor:  # (d,) -> (d 1) so that it scales every mode
+    return dt[..., None] if dt.ndim else dt
+
+
+def discretize_zoh(A: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero-order hold, eq. (2): A, B (d s) complex, dt (d,) -> Ā, B̄ (d s)."""
+    _check_diag(A, B, dt)
+    A_bar = torch.exp(_dt(dt) * A)
+    return A_bar, (A_bar - 1) / A * B
+
+
+def discretize_bilinear(A: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear (Tustin), eq. (3): A, B (d s) complex, dt (d,) -> Ā, B̄ (d s)."""
+    _check_diag(A, B, dt)
+    half = _dt(dt) * A / 2
+    return (1 + half) / (1 - half), _dt(dt) * B / (1 - half)
+
+
+def _discretize(
+    A: Tensor, B: Tensor, dt: Tensor, discretization: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Ā, B̄ and log Ā (exactly ΔA for ZOH, so no log is taken there)."""
+    check(
+        discretization in DISCRETIZATIONS,
+        f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}",
+    )
+    if discretization == "zoh":
+        A_bar, B_bar = discretize_zoh(A, B, dt)
+        return A_bar, B_bar, _dt(dt) * A
+    A_bar, B_bar = discretize_bilinear(A, B, dt)
+    return A_bar, B_bar, torch.log(A_bar)
+
+
+def _check_kernel_args(C: Tensor, A: Tensor, L: int) -> None:
+    check(C.shape == A.shape, f"C {tuple(C.shape)} and A {tuple(A.shape)} differ")
+    check(isinstance(L, int) and L > 0, f"L must be a positive int, got {L!r}")
+
+
+def ssm_kernel(
+    A: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int, *, discretization: str = "zoh"
+) -> Tensor:
+    """The SSM kernel K̄ (d L), eq. (5), as one Vandermonde product.
+
+    A, B, C: (d s) complex, one mode of each conjugate pair; dt: (d,) real.
+    """
+    _check_kernel_args(C, A, L)
+    _, B_bar, log_A_bar = _discretize(A, B, dt, discretization)
+    lags = torch.arange(L, device=A.device, dtype=log_A_bar.real.dtype)
+    V = torch.exp(log_A_bar[..., None] * lags)  # (d s l): V[n, l] = Ā_n^l
+    return 2 * torch.einsum("ds,dsl->dl", C * B_bar, V).real
+
+
+def ssm_kernel_naive(
+    A: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int, *, discretization: str = "zoh"
+) -> Tensor:
+    """Reference for ``ssm_kernel``: K̄_l = 2 Re(C Ā^l B̄) with Ā^l built by a loop."""
+    _check_kernel_args(C, A, L)
+    A_bar, B_bar, _ = _discretize(A, B, dt, discretization)
+    power, taps = torch.ones_like(A_bar), []
+    for _ in range(L):
+        taps.append(2 * (C * power * B_bar).sum(-1).real)
+        power = power * A_bar
+    return torch.stack(taps, dim=-1)
+
+
+def ssm_scan(
+    A_bar: Tensor, B_bar: Tensor, C: Tensor, u: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Recurrent mode, eq. (4) without D: u (b n d) -> y (b n d), last state (b d s).
+
+    A_bar, B_bar, C: (d s) complex; ``state`` (b d s) continues an earlier scan.
+    """
+    check_ndim("u", u, 3, "b n d")
+    check(u.shape[-1] == A_bar.shape[0], "u's last axis must match A's channels")
+    if state is None:
+        state = u.new_zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype)
+    ys = []
+    for u_k in u.unbind(1):
+        state = A_bar * state + B_bar * u_k[..., None]
+        ys.append(2 * (C * state).sum(-1).real)
+    return torch.stack(ys, dim=1).to(u.dtype), state
+
+
+def s4d_init(init: str, d_state: int) -> tuple[Tensor, Tensor]:
+    """Real and imaginary parts of A (each (s,), s = d_state // 2) for S4D-Lin/Inv."""
+    check(init in INITS, f"init must be one of {INITS}, got {init!r}")
+    check(d_state >= 2 and d_state % 2 == 0, f"d_state must be even, got {d_state}")
+    N, n = d_state, torch.arange(d_state // 2, dtype=torch.float64)
+    imag = math.pi * n if init == "lin" else N / math.pi * (N / (2 * n + 1) - 1)
+    return torch.full_like(n, -0.5).float(), imag.float()
+
+
+class S4D(nn.Module):
+    """S4D layer: d independent diagonal SSMs, (b n d) -> (b n d), y = K̄ * u + D u.
+
+    ``forward`` runs in convolution mode (FFT); ``step``/``scan`` in recurrent mode.
+    ``bidirectional=True`` adds an anti-causal kernel with its own C (the S4 code's
+    convention); it has no recurrent mode.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        init: str = "inv",
+        discretization: str = "zoh",
+        bidirectional: bool = False,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        check_positive(d_model=d_model, dt_min=dt_min, dt_max=dt_max, lr=lr)
+        check(dt_min <= dt_max, f"dt_min ({dt_min}) must be <= dt_max ({dt_max})")
+        check(
+            discretization in DISCRETIZATIONS,
+            f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}",
+        )
+        A_real, A_imag = s4d_init(init, d_state)
+        self.d_model, self.d_state, self.init = d_model, d_state, init
+        self.discretization, self.bidirectional = discretization, bidirectional
+        lo, hi = math.log(dt_min), math.log(dt_max)
+        optim = {"lr": lr, "weight_decay": 0.0}
+        channels = 2 if bidirectional else 1
+        s = d_state // 2
+        C = torch.randn(channels, d_model, s, dtype=torch.cfloat)
+        self.log_dt = nn.Parameter(torch.rand(d_model) * (hi - lo) + lo)
+        # .clone(): repeat returns an expanded view, which an optimizer cannot update
+        log_A_real = repeat((-A_real).log(), "s -> d s", d=d_model).clone()
+        self.log_A_real = nn.Parameter(log_A_real)
+        self.A_imag = nn.Parameter(repeat(A_imag, "s -> d s", d=d_model).clone())
+        self.B = nn.Parameter(torch.view_as_real(torch.ones(d_model, s, dtype=C.dtype)))
+        self.C = nn.Parameter(torch.view_as_real(C))  # (c d s 2), c = 1 or 2
+        self.D = nn.Parameter(torch.randn(d_model))
+        for p in (self.log_dt, self.log_A_real, self.A_imag, self.B):
+            p._optim = dict(optim)  # type: ignore[attr-defined]
+
+    # --- the parameters in the paper's notation -------------------------------
+    @property
+    def A(self) -> Tensor:  # (d s) complex, Re A < 0
+        return torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+
+    @property
+    def dt(self) -> Tensor:  # (d,)
+        return torch.exp(self.log_dt)
+
+    def _C(self, backward: bool = False) -> Tensor:  # (d s) complex
+        check(not backward or self.bidirectional, "backward kernel needs bidirectional")
+        return torch.view_as_complex(self.C[int(backward)])
+
+    def discrete(self) -> tuple[Tensor, Tensor]:
+        """Ā, B̄ (d s) for this layer's discretization."""
+        A_bar, B_bar, _ = _discretize(
+            self.A, torch.view_as_complex(self.B), self.dt, self.discretization
+        )
+        return A_bar, B_bar
+
+    def kernel(self, L: int, *, backward: bool = False) -> Tensor:
+        """K̄ (d L); ``backward=True`` gives the anti-causal one (bidirectional)."""
+        B = torch.view_as_complex(self.B)
+        C = self._C(backward)
+        return ssm_kernel(self.A, B, C, self.dt, L, discretization=self.discretization)
+
+    # --- convolution mode --------------------------------------------------------
+    def forward(self, u: Tensor) -> Tensor:  # u: (b n d) -> (b n d)
+        check_ndim("u", u, 3, "b n d")
+        check(u.shape[-1] == self.d_model, f"u's last axis must be {self.d_model}")
+        L = u.shape[1]
+        u_t = rearrange(u, "b n d -> b d n")
+        y = fft_conv(u_t, self.kernel(L), self.D)
+        if self.bidirectional:
+            # y_t += sum_{s > t} K_back[s - t - 1] u_s: a causal conv on the flipped
+            # sequence with the kernel delayed by one step (as in the S4 code).
+            k_back = F.pad(self.kernel(L, backward=True), (1, 0))[:, :L]
+            y = y + fft_conv(u_t.flip(-1), k_back).flip(-1)
+        return rearrange(y, "b d n -> b n d")
+
+    # --- recurrent mode ------------------------------------------------------------
+    def init_state(self, batch: int) -> Tensor:
+        """Zero state x_0: (b d s) complex."""
+        check_positive(batch=batch)
+        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+        s = self.d_state // 2
+        return torch.zeros(batch, self.d_model, s, dtype=dtype, device=self.D.device)
+
+    def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of eq. (4): u_t (b d), state (b d s) -> y_t (b d), new state."""
+        check(not self.bidirectional, "a bidirectional S4D has no recurrent mode")
+        check_ndim("u_t", u_t, 2, "b d")
+        A_bar, B_bar = self.discrete()
+        state = A_bar * state + B_bar * u_t[..., None]
+        y = 2 * (self._C() * state).sum(-1).real + self.D * u_t
+        return y.to(u_t.dtype), state
+
+    def scan(self, u: Tensor, state: Tensor | None = None) -> Tensor:
+        """Recurrent mode over a whole sequence: u (b n d) -> (b n d) == forward(u)."""
+        check(not self.bidirectional, "a bidirectional S4D has no recurrent mode")
+        check_ndim("u", u, 3, "b n d")
+        A_bar, B_bar = self.discrete()
+        y, _ = ssm_scan(A_bar, B_bar, self._C(), u, state)
+        return y + u * self.D
+
+
+class S4DMixer(nn.Module):
+    """S4D as an LM sequence mixer: S4D -> GELU -> Linear(d, 2d) -> GLU, the block
+    of the S4D reference code (``glu=False``: GELU -> Linear(d, d))."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        d_state: int = 64,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        init: str = "inv",
+        discretization: str = "zoh",
+        glu: bool = True,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.ssm = S4D(
+            dim,
+            d_state=d_state,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            init=init,
+            discretization=discretization,
+            lr=lr,
+        )
+        self.glu = glu
+        self.out = nn.Linear(dim, 2 * dim if glu else dim)
+
+    def _project(self, y: Tensor) -> Tensor:
+        y = self.out(F.gelu(y))
+        return F.glu(y, dim=-1) if self.glu else y
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
+        return self._project(self.ssm(x))
+
+    def init_state(self, batch: int) -> Tensor:
+        return self.ssm.init_state(batch)
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        y, state = self.ssm.step(x, state)
+        return self._project(y), state
+
+
+def ssm_param_groups(model: nn.Module, *, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups: the SSM's A, B, Δ at their ``_optim`` settings (lr
+    1e-3, no weight decay), other matrices decayed, vectors not. The same rule as
+    ``minimodels.train.param_groups``, which the trainer uses."""
+    from minimodels.train import param_groups
+
+    return param_groups(model, weight_decay)
+
+
+def remember_first(
+    num_examples: int, seq_len: int, vocab_size: int, *, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A long-range memory task: ``signal blank ... blank query``; at the query
+    (the last position) predict the signal, the first token.
+
+    Tokens: blank 0, signals 1 .. V-2, query V-1. Targets are -100 except at the
+    last position.
+    """
+    check_positive(num_examples=num_examples)
+    check(seq_len >= 2, f"seq_len must be >= 2, got {seq_len}")
+    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(num_examples, seq_len, dtype=torch.long)
+    x[:, 0] = torch.randint(1, vocab_size - 1, (num_examples,), generator=g)
+    x[:, -1] = vocab_size - 1
+    y = torch.full_like(x, -100)
+    y[:, -1] = x[:, 0]
+    return x, y
