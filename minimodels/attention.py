@@ -9,9 +9,26 @@ have different lengths; the causal mask is then aligned to the *end* of the keys
 (query i sees keys j <= i + n_k - n_q), as in FlashAttention-2 and KV-cache decoding.
 A query row that sees no key at all returns zeros.
 
+The ladder towards FlashAttention ("FlashAttention: Fast and Memory-Efficient Exact
+Attention with IO-Awareness", Dao, Fu, Ermon, Rudra, Re, 2022, arXiv:2205.14135;
+"FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning",
+Dao, 2023, arXiv:2307.08691), every rung with the signature of ``attention_naive``:
+
+- ``attention_tiled``: blocks of queries against blocks of keys, exact softmax in two
+  passes (pass 1: the row max m_i; pass 2: l_i = sum_j exp(s_ij - m_i) and
+  o_i = sum_j exp(s_ij - m_i) v_j / l_i).
+- ``attention_online_softmax``: one pass with a running max and sum (FA2, Alg. 1):
+  m' = max(m, rowmax(S_j)), l' = exp(m - m') l + rowsum(exp(S_j - m')),
+  acc' = exp(m - m') acc + exp(S_j - m') V_j, and at the end o = acc / l,
+  LSE = m + log l.
+- ``attention_backward``: the FA2 backward (Alg. 2) that recomputes P = exp(S - LSE)
+  from the saved log-sum-exp instead of storing P: dV = P^T dO, dP = dO V^T,
+  D = rowsum(dO * O), dS = P * (dP - D), dQ = scale dS K, dK = scale dS^T Q.
+
 Rotary position embeddings: "RoFormer" (Su et al., 2021, arXiv:2104.09864).
 
-Shapes: b batch, h heads, n query length, m key length, d head dim, c model dim.
+Shapes: b batch, h heads, n query length, m key length, d head dim, c model dim,
+i/j a block of queries/keys.
 """
 
 from __future__ import annotations
@@ -23,11 +40,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from minimodels._util import check, check_divides, check_ndim, default
+from minimodels._util import check, check_divides, check_ndim, check_positive, default
 
 __all__ = [
     "attention_naive",
     "attention_sdpa",
+    "attention_tiled",
+    "attention_online_softmax",
+    "online_softmax_forward",
+    "attention_backward",
     "causal_mask",
     "MultiHeadAttention",
     "RotaryEmbedding",
@@ -90,6 +111,166 @@ def attention_sdpa(
     mask = causal_mask(n, m, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out.masked_fill(~mask.any(-1)[:, None], 0.0)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 inputs are computed in fp32, as the kernels accumulate in fp32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _scores(
+    q_i: Tensor, k_j: Tensor, scale: float, causal: bool, i0: int, j0: int, shift: int
+) -> Tensor:
+    """Scaled scores of query block i (starting at row i0) against key block j
+    (starting at key j0), -inf where the end-aligned causal mask hides a key."""
+    s = torch.einsum("bhid,bhjd->bhij", q_i, k_j) * scale
+    if causal:
+        i = torch.arange(i0, i0 + q_i.shape[2], device=s.device)[:, None]
+        j = torch.arange(j0, j0 + k_j.shape[2], device=s.device)[None, :]
+        s = s.masked_fill(j > i + shift, float("-inf"))
+    return s
+
+
+def _finite(m: Tensor) -> Tensor:
+    """A row max of -inf (no visible key yet) is replaced by 0, so exp(s - m) is 0
+    and not exp(-inf + inf) = nan."""
+    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
+
+
+def _ladder_setup(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None, block_m: int, block_n: int
+) -> tuple[Tensor, Tensor, Tensor, float, int]:
+    _check_qkv(q, k, v)
+    check_positive(block_m=block_m, block_n=block_n)
+    work = _work_dtype(q.dtype)
+    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
+    return q.to(work), k.to(work), v.to(work), scale, k.shape[2] - q.shape[2]
+
+
+def attention_tiled(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> Tensor:
+    """Exact attention over (block_m x block_n) tiles, softmax in two passes.
+
+    Pass 1 finds each row's max over all key blocks; pass 2, knowing the final
+    max, sums exp(s - m) and the weighted values. No rescaling is needed, but
+    every key block is read twice. q: (b h n d), k and v: (b h m d) -> (b h n d).
+    """
+    dtype = q.dtype
+    q, k, v, scale, shift = _ladder_setup(q, k, v, scale, block_m, block_n)
+    n, m_len = q.shape[2], k.shape[2]
+    out = []
+    for i0 in range(0, n, block_m):
+        q_i = q[:, :, i0 : i0 + block_m]
+        row_max = q_i.new_full(q_i.shape[:3], float("-inf"))  # (b h i)
+        for j0 in range(0, m_len, block_n):  # pass 1: m_i = max_j s_ij
+            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
+            row_max = torch.maximum(row_max, s.amax(-1))
+        row_max = _finite(row_max)
+        row_sum = torch.zeros_like(row_max)
+        acc = q_i.new_zeros(*q_i.shape[:3], v.shape[-1])
+        for j0 in range(0, m_len, block_n):  # pass 2: l_i and sum_j p_ij v_j
+            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
+            p = torch.exp(s - row_max[..., None])
+            row_sum = row_sum + p.sum(-1)
+            acc = acc + p @ v[:, :, j0 : j0 + block_n]
+        out.append(acc / torch.where(row_sum == 0, 1.0, row_sum)[..., None])
+    return torch.cat(out, dim=2).to(dtype)
+
+
+def online_softmax_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """One pass over key blocks with a running max and sum (FA2, Algorithm 1).
+
+    Returns the output (b h n d) and the log-sum-exp LSE_i = m_i + log l_i (b h n),
+    -inf for a row that sees no key (its output is 0).
+    """
+    q, k, v, scale, shift = _ladder_setup(q, k, v, scale, block_m, block_n)
+    n, m_len = q.shape[2], k.shape[2]
+    outs, lses = [], []
+    for i0 in range(0, n, block_m):
+        q_i = q[:, :, i0 : i0 + block_m]
+        m_i = q_i.new_full(q_i.shape[:3], float("-inf"))  # running max (b h i)
+        l_i = torch.zeros_like(m_i)  # running sum of exp(s - m_i)
+        acc = q_i.new_zeros(*q_i.shape[:3], v.shape[-1])  # running sum of p v
+        for j0 in range(0, m_len, block_n):
+            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
+            m_new = _finite(torch.maximum(m_i, s.amax(-1)))
+            alpha = torch.exp(m_i - m_new)  # rescales what was summed so far
+            p = torch.exp(s - m_new[..., None])
+            l_i = alpha * l_i + p.sum(-1)
+            acc = alpha[..., None] * acc + p @ v[:, :, j0 : j0 + block_n]
+            m_i = m_new
+        outs.append(acc / torch.where(l_i == 0, 1.0, l_i)[..., None])
+        lses.append(m_i + torch.log(l_i))  # log 0 = -inf: no visible key
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def attention_online_softmax(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> Tensor:
+    """FlashAttention's forward in PyTorch: one pass, running max and sum.
+
+    q: (b h n d), k and v: (b h m d) -> (b h n d).
+    """
+    o, _ = online_softmax_forward(
+        q, k, v, causal, scale, block_m=block_m, block_n=block_n
+    )
+    return o.to(q.dtype)
+
+
+def attention_backward(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """FA2's backward (Algorithm 2) in PyTorch, recomputing P from the saved LSE.
+
+    do and o: (b h n d), lse: (b h n) -> dq (b h n d), dk and dv (b h m d).
+    """
+    _check_qkv(q, k, v)
+    check(do.shape == o.shape == q.shape[:3] + v.shape[-1:], "do and o: (b h n d)")
+    check(lse.shape == q.shape[:3], f"lse must have shape (b h n), got {lse.shape}")
+    work = _work_dtype(q.dtype)
+    do, q, k, v, o, lse = (t.to(work) for t in (do, q, k, v, o, lse))
+    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
+    s = _scores(q, k, scale, causal, 0, 0, k.shape[2] - q.shape[2])
+    lse = torch.where(torch.isinf(lse), float("inf"), lse)  # empty rows: P = 0
+    p = torch.exp(s - lse[..., None])  # (b h n m), recomputed, never stored
+    dv = torch.einsum("bhnm,bhnd->bhmd", p, do)
+    dp = torch.einsum("bhnd,bhmd->bhnm", do, v)
+    delta = (do * o).sum(-1, keepdim=True)  # D_i = rowsum(dO * O) = sum_j P_ij dP_ij
+    ds = p * (dp - delta)
+    dq = torch.einsum("bhnm,bhmd->bhnd", ds, k) * scale
+    dk = torch.einsum("bhnm,bhnd->bhmd", ds, q) * scale
+    return dq, dk, dv
 
 
 class RotaryEmbedding(nn.Module):
