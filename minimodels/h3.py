@@ -44,7 +44,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive
-from minimodels.conv import fft_conv
+from minimodels.conv import fft_conv, toeplitz
 from minimodels.ssm import S4D
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "h3_conv",
     "h3_reference",
     "h3_matrix",
-    "toeplitz",
 ]
 
 ShiftState = Tensor  # (b c m): the last m inputs, newest first
@@ -91,14 +90,6 @@ class ShiftSSM(nn.Module):
         """u: (b c) -> (b c); x_t = S x_{t-1} + e_1 u_t, y_t = C x_t + D u_t."""
         state = torch.cat((u[..., None], state[..., :-1]), dim=-1)
         return (state * self.C).sum(-1) + self.D * u, state
-
-
-def toeplitz(h: Tensor, n: int) -> Tensor:
-    """Lower-triangular Toeplitz matrices T[t, s] = h[t - s]: (c m) -> (c n n)."""
-    h = F.pad(h, (0, max(0, n - h.shape[-1])))[..., :n]
-    pos = torch.arange(n, device=h.device)
-    lag = pos[:, None] - pos[None, :]
-    return torch.where(lag >= 0, h[..., lag.clamp(min=0)], h.new_zeros(()))
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, head_dim: int) -> None:

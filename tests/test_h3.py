@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from minimodels.conv import ShortConv
-from minimodels.h3 import H3, ShiftSSM, h3_conv, h3_matrix, h3_reference, toeplitz
+from minimodels.conv import ShortConv, toeplitz
+from minimodels.h3 import H3, ShiftSSM, h3_conv, h3_matrix, h3_reference
 from minimodels.lm import LM, mixer_factory
 from minimodels.testing import assert_causal, assert_same
 
