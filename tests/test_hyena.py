@@ -178,9 +178,8 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     from benchmarks import hyena as bench_hyena
 
     out = tmp_path / "speed.json"
-    bench_hyena.main(
-        ["--lengths", "64", "128", "--dim", "16", "--repeats", "1", "--out", str(out)]
-    )
+    argv = "--lengths 64 128 --dim 16 --repeats 1"
+    bench_hyena.main([*argv.split(), "--out", str(out)])
     data = json.loads(out.read_text())
     rows = data["results"]["rows"]
     assert [r["n"] for r in rows] == [64, 128]
@@ -188,23 +187,9 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     assert "crossover" in data["results"] and "environment" in data
 
     out = tmp_path / "recall.json"
+    argv = "recall --lengths 33 --vocab 10 --steps 2 --dim 16 --dense --depth 1"
     bench_hyena.main(
-        [
-            "recall",
-            "--lengths",
-            "33",
-            "--vocab",
-            "10",
-            "--steps",
-            "2",
-            "--dim",
-            "16",
-            "--mixers",
-            "hyena",
-            "attention",
-            "--out",
-            str(out),
-        ]
+        [*argv.split(), "--mixers", "hyena", "attention", "--out", str(out)]
     )
     rows = json.loads(out.read_text())["results"]["rows"]
     assert {r["mixer"] for r in rows} == {"hyena", "attention"}
