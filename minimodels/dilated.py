@@ -50,6 +50,9 @@ __all__ = [
     "Branch",
     "check_branches",
     "head_offsets",
+    "kept_positions",
+    "sparsify",
+    "scatter_back",
     "effective_segment",
     "branch_mask",
     "pattern_counts",
@@ -91,7 +94,9 @@ def effective_segment(w: int, r: int, n: int) -> int:
     return min(w, -(-n // r) * r)
 
 
-def _positions(heads: int, segments: int, w: int, r: int, start: int, device) -> Tensor:
+def kept_positions(
+    heads: int, segments: int, w: int, r: int, start: int = 0, device=None
+) -> Tensor:
     """Original positions of the kept rows: start + s w + s_j + r t. (h s m)"""
     seg = torch.arange(segments, device=device)[None, :, None] * w
     t = torch.arange(w // r, device=device)[None, None, :] * r
@@ -158,18 +163,15 @@ def attend_sparse(
     s = torch.einsum("bhsid,bhsjd->bhsij", q.to(work), k.to(work)) * scale
     if bias is not None:
         s = s + bias
-    visible = (k_pos < n)[..., None, :]
-    if causal:
-        visible = visible & (k_pos[..., None, :] <= q_pos[..., :, None])
-    s = s.masked_fill(~visible, float("-inf"))
-    m = s.amax(-1, keepdim=True).detach()  # softmax is invariant to m: no grad
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    e = torch.exp(s - m)
-    denom = e.sum(-1)
-    empty = denom == 0
-    safe = torch.where(empty, torch.ones_like(denom), denom)
-    o = torch.einsum("bhsij,bhsjd->bhsid", e, v.to(work)) / safe[..., None]
-    lse = torch.where(empty, float("-inf"), m.squeeze(-1) + torch.log(safe))
+    if causal or bool((k_pos >= n).any()):  # no mask needed: full, unpadded
+        visible = (k_pos < n)[..., None, :]
+        if causal:
+            visible = visible & (k_pos[..., None, :] <= q_pos[..., :, None])
+        s = s.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # -inf for a query that sees no key
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - safe[..., None])  # 0 where masked, also in empty rows
+    o = torch.einsum("bhsij,bhsjd->bhsid", p, v.to(work))
     return o.to(q.dtype), lse
 
 
@@ -198,7 +200,7 @@ def dilated_branch(
     pad = -n % w
     q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     segments = (n + pad) // w
-    pos = _positions(h, segments, w, r, start, q.device)  # (h s m)
+    pos = kept_positions(h, segments, w, r, start, q.device)  # (h s m)
     bias = None
     if dedupe_over is not None:
         count = pattern_counts(pos, pos, dedupe_over, n_total)
@@ -253,10 +255,14 @@ def dilated_attention(
     dedupe: bool = False,
     scale: float | None = None,
 ) -> Tensor:
-    """Multi-branch dilated attention, q, k, v: (b h n d) -> (b h n d)."""
+    """Multi-branch dilated attention: q, k (b h n d), v (b h n e) -> (b h n e)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 4, "b h n d")
-    check(q.shape == k.shape == v.shape, "q, k, v must have the same shape")
+    check(
+        q.shape == k.shape and v.shape[:3] == q.shape[:3],
+        f"q and k must have the same shape and v the same (b h n), got "
+        f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}",
+    )
     branches = _branches(segment_lengths, dilation_rates)
     check_branches(branches, q.shape[1])
     scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
@@ -302,8 +308,10 @@ def dilated_attention_reference(
     if not dedupe:
         bias = bias + torch.log(counts.clamp(min=1).to(q.dtype))
     scale = default(scale, 1.0 / math.sqrt(d))
-    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale + bias.to(q.device)
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows seeing nothing: 0
+    empty = ~union.any(-1, keepdim=True).to(q.device)  # rows that see nothing: 0
+    bias = bias.to(q.device).masked_fill(empty, 0.0)
+    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale + bias
+    p = torch.softmax(s, dim=-1).masked_fill(empty, 0.0)
     return torch.einsum("bhij,bhjd->bhid", p, v)
 
 
