@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -61,10 +62,11 @@ def _package_available(path: str | None) -> bool:
     return True
 
 
-def measure_training(
+def training_step(
     build: Callable[[dict[str, Any]], tuple[nn.Module, Callable[[Tensor], Tensor]]],
-    config: dict[str, Any], *, batch: int, segments: int, steps: int, device: str,
-) -> dict[str, float]:  # fmt: skip
+    config: dict[str, Any], *, batch: int, segments: int, device: str,
+) -> tuple[Callable[[], None], int, int]:  # fmt: skip
+    """A closure running one training step, its tokens and the parameter count."""
     torch.manual_seed(0)
     model, wrapper = build(config)
     model.to(device).train()
@@ -77,14 +79,30 @@ def measure_training(
         wrapper(seq).backward()
         opt.step()
 
-    timing = bench.time_fn(step, warmup=1, repeats=steps, device=device)
-    tokens = batch * (n - 1)
-    return {
-        "parameters": count_parameters(model),
-        "tokens_per_step": tokens,
-        "tokens_per_s": tokens / timing["median_s"],
-        **timing,
-    }
+    return step, batch * (n - 1), count_parameters(model)
+
+
+def measure_interleaved(
+    steps: dict[str, tuple[Callable[[], None], int, int]], repeats: int, device: str
+) -> dict[str, dict[str, float]]:
+    """Time the implementations in turn, round after round, so that a busy
+    machine slows them alike; report the median and min seconds per step."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step, _, _ in steps.values():
+        step()  # warm-up
+    for _ in range(repeats):
+        for name, (step, _, _) in steps.items():
+            times[name].append(bench.time_fn(step, warmup=0, repeats=1,
+                                             device=device)["median_s"])  # fmt: skip
+    out = {}
+    for name, (_, tokens, params) in steps.items():
+        median = statistics.median(times[name])
+        out[name] = {
+            "parameters": params, "tokens_per_step": tokens,
+            "tokens_per_s": tokens / median, "median_s": median,
+            "min_s": min(times[name]),
+        }  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -102,14 +120,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TOY_CONFIG if args.toy else README_CONFIG
-    kwargs = dict(batch=args.batch, segments=args.segments, steps=args.steps)
     results: dict[str, Any] = {"config": {**config}}
     results["config"]["recurrent_layers"] = list(config["recurrent_layers"])
     results.update(batch=args.batch, segments=args.segments)
-    results["minimodels"] = measure_training(
-        _ours, config, device=args.device, **kwargs
-    )
+    kwargs = dict(batch=args.batch, segments=args.segments, device=args.device)
+    steps = {"minimodels": training_step(_ours, config, **kwargs)}
     if not args.no_package and _package_available(args.package_path):
+        steps["package"] = training_step(_package, config, **kwargs)
+    results.update(measure_interleaved(steps, args.steps, args.device))
+    if "package" in results:
         brt = importlib.import_module("block_recurrent_transformer_pytorch")
         version = getattr(brt, "__version__", None)
         try:
@@ -118,9 +137,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             version = dist_version("block-recurrent-transformer-pytorch")
         except Exception:
             pass
-        results["package"] = measure_training(
-            _package, config, device=args.device, **kwargs
-        )
         results["package"]["version"] = version
     print(f"{'implementation':<16}{'params':>12}{'tokens/s':>12}{'ratio':>8}")
     base = results.get("package", results["minimodels"])["tokens_per_s"]
