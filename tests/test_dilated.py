@@ -220,3 +220,21 @@ def test_bad_configs_give_clear_errors():
         DilatedAttention(16, 4)(torch.randn(16, 16))
     with pytest.raises(ValueError, match="at least one branch"):
         DilatedAttention(16, 4, segment_lengths=(), dilation_rates=())
+
+
+def test_benchmark_runs_at_toy_size(tmp_path):
+    from benchmarks.dilated import main
+    from minimodels import bench
+
+    out = tmp_path / "dilated.json"
+    rows = main(
+        ["--sizes", "64", "128", "--dim", "16", "--heads", "2", "--w0", "8",
+         "--branches", "2", "--dense-max", "64", "--repeats", "1", "--out", str(out)]
+    )  # fmt: skip
+    data = bench.load_json(out)
+    assert data["results"]["rows"] == rows
+    assert {(r["layer"], r["n"]) for r in rows} == {
+        ("dilated", 64), ("dilated", 128), ("dense", 64)
+    }  # fmt: skip
+    assert data["results"]["config"]["segment_lengths"] == [8, 16]
+    assert all(r["min_s"] > 0 for r in rows)
