@@ -6,9 +6,13 @@ import torch
 from minimodels.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
+    attention_backward,
     attention_naive,
+    attention_online_softmax,
     attention_sdpa,
+    attention_tiled,
     causal_mask,
+    online_softmax_forward,
 )
 from minimodels.testing import assert_causal, assert_same
 
@@ -104,3 +108,85 @@ def test_bad_input_names_the_argument():
         )
     with pytest.raises(ValueError, match="x must have shape"):
         MultiHeadAttention(32)(torch.randn(4, 32))
+
+
+# --- The ladder towards FlashAttention ---------------------------------------------
+
+LADDER = [attention_tiled, attention_online_softmax]
+LADDER_SHAPES = [(1, 1), (17, 17), (64, 64), (200, 200), (257, 257), (5, 9), (9, 5)]
+
+
+def _qkv(n, m, d=16, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed + 1000 * n + m)
+    q = torch.randn(2, 2, n, d, generator=g, dtype=dtype)
+    k = torch.randn(2, 2, m, d, generator=g, dtype=dtype)
+    return q, k, torch.randn(2, 2, m, d, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("rung", LADDER, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,m", LADDER_SHAPES)
+def test_ladder_equals_naive(rung, causal, n, m):
+    d = {1: 16, 17: 48, 64: 64}.get(n, 16)
+    fast = partial(rung, causal=causal, block_m=32, block_n=64)
+    assert_same(fast, partial(attention_naive, causal=causal), _qkv(n, m, d))
+
+
+@pytest.mark.parametrize("rung", LADDER, ids=lambda f: f.__name__)
+def test_ladder_rows_without_keys_are_zero(rung):
+    q, k, v = _qkv(7, 3)
+    out = rung(q, k, v, causal=True, block_m=2, block_n=2)
+    assert torch.isfinite(out).all() and out[:, :, :4].abs().max() == 0
+    torch.testing.assert_close(out, attention_naive(q, k, v, causal=True))
+
+
+@pytest.mark.parametrize("rung", LADDER, ids=lambda f: f.__name__)
+def test_ladder_low_precision_and_scale(rung):
+    q, k, v = _qkv(33, 33, dtype=torch.bfloat16)
+    out = rung(q, k, v, causal=True, scale=0.3)
+    assert out.dtype == torch.bfloat16
+    ref = attention_naive(q.double(), k.double(), v.double(), causal=True, scale=0.3)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,m", [(1, 1), (17, 17), (64, 64), (13, 40), (40, 13)])
+def test_lse_backward_equals_autograd(causal, n, m):
+    q, k, v = _qkv(n, m, d=48)
+    o, lse = online_softmax_forward(q, k, v, causal, block_m=16, block_n=16)
+    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / 48**0.5
+    if causal:
+        s = s.masked_fill(~causal_mask(n, m), float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1))
+    do = torch.randn_like(o)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention_naive(*leaves, causal=causal).backward(do)
+    grads = attention_backward(do, q, k, v, o, lse, causal)
+    for ours, autograd in zip(grads, leaves):
+        torch.testing.assert_close(ours, autograd.grad)
+    if causal and n > m:  # rows that see no key: LSE = -inf, zero gradient
+        assert torch.isneginf(lse[:, :, : n - m]).all()
+        assert grads[0][:, :, : n - m].abs().max() == 0
+
+
+def test_ladder_is_causal():
+    q, k, v = _qkv(12, 12)
+    for rung in LADDER:
+        for t in (0, 5, 11):
+            moved = k.clone()
+            moved[:, :, t] += 1.0
+            a = rung(q, k, v, causal=True, block_m=4, block_n=4)
+            b = rung(q, moved, v, causal=True, block_m=4, block_n=4)
+            assert (a[:, :, :t] == b[:, :, :t]).all() and (
+                a[:, :, t:] != b[:, :, t:]
+            ).any()
+
+
+def test_ladder_bad_input():
+    q, k, v = _qkv(4, 4)
+    with pytest.raises(ValueError, match="block_m"):
+        attention_tiled(q, k, v, block_m=0)
+    with pytest.raises(ValueError, match="k and v"):
+        attention_online_softmax(q, k, v[:, :, :3])
+    with pytest.raises(ValueError, match="lse"):
+        attention_backward(q, q, k, v, q, q)
