@@ -95,8 +95,12 @@ def _fwd_block_kernel(
     for j0 in range(0, M, BLOCK_N):
         cols = j0 + offs_n
         kv_ok = (cols[:, None] < M) & d_ok
-        k = tl.load(K + cols[:, None] * stride_k + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_v + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = tl.load(
+            K + cols[:, None] * stride_k + offs_d[None, :], mask=kv_ok, other=0.0
+        )
+        v = tl.load(
+            V + cols[:, None] * stride_v + offs_d[None, :], mask=kv_ok, other=0.0
+        )
         s = _dot(q, tl.trans(k), IEEE) * scale_log2
         s = tl.where(cols[None, :] < M, s, float("-inf"))  # ragged last key block
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -126,8 +130,12 @@ def _fwd_inner(
     for j0 in range(lo, hi, BLOCK_N):
         cols = j0 + offs_n
         kv_ok = (cols[:, None] < M) & d_ok
-        k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = tl.load(
+            K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0
+        )
+        v = tl.load(
+            V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0
+        )
         s = _dot(q, tl.trans(k), IEEE) * scale_log2
         if MASKED:
             visible = cols[None, :] < M
@@ -198,8 +206,9 @@ def _fwd_kernel(
         acc, l_i, m_i, q, K, V, stride_kn, stride_vn, free, hi, rows, M - N, M,
         scale_log2, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, CAUSAL, IEEE,
     )  # fmt: skip
-    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: o = 0
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log; -inf if l = 0
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # l = 0: the row sees no key
+    o = acc / l_safe[:, None]  # ... and returns 0
+    lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # natural log, or -inf
     tl.store(LSE + bh * N + rows, lse, mask=rows < N)
     tl.store(O + rows[:, None] * stride_on + offs_d[None, :],
              o.to(O.dtype.element_ty), mask=q_ok)  # fmt: skip
@@ -239,7 +248,9 @@ def _bwd_dkdv_inner(
         rows = i0 + offs_m
         ok = (rows[:, None] < N) & d_ok  # rows >= N load 0 and so add 0
         q = tl.load(Q + rows[:, None] * stride_qn + offs_d[None, :], mask=ok, other=0.0)
-        do = tl.load(DO + rows[:, None] * stride_dn + offs_d[None, :], mask=ok, other=0.0)
+        do = tl.load(
+            DO + rows[:, None] * stride_dn + offs_d[None, :], mask=ok, other=0.0
+        )
         lse = tl.load(LSE + rows, mask=rows < N, other=0.0)
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
         delta = tl.load(DELTA + rows, mask=rows < N, other=0.0)
@@ -298,7 +309,9 @@ def _bwd_dkdv_kernel(
     )  # fmt: skip
     dk_ptrs = DK + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn
     dv_ptrs = DV + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn
-    tl.store(dk_ptrs + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(
+        dk_ptrs + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_ok
+    )
     tl.store(dv_ptrs + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_ok)
 
 
@@ -313,8 +326,12 @@ def _bwd_dq_inner(
     for j0 in range(lo, hi, BLOCK_N):
         cols = j0 + offs_n
         kv_ok = (cols[:, None] < M) & d_ok
-        k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = tl.load(
+            K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0
+        )
+        v = tl.load(
+            V + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0
+        )
         p = tl.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2 - lse[:, None])
         if MASKED:
             visible = cols[None, :] < M
@@ -397,7 +414,7 @@ else:
     _dq_tuned = triton.autotune(
         _autotune_configs([(64, 32), (128, 32), (64, 64), (128, 64)]), _TUNE_KEY
     )(_bwd_dq_kernel)
-INTERPRETER_BLOCKS = 32  # the fixed block size of step 4 under the interpreter
+INTERPRETER_BLOCKS = 64  # the fixed block size of step 4 under the interpreter
 
 
 # --- Python wrappers --------------------------------------------------------------
