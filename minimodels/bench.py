@@ -154,7 +154,7 @@ def sweep(
     **measure_options: Any,
 ) -> list[dict[str, float]]:
     """``measure(make_fn(n))`` for each size n; each row also holds ``n``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     rows = []
     for n in tqdm(list(sizes), desc=description, disable=not progress):

@@ -52,6 +52,7 @@ def associative_recall(
     seq_len: int,
     vocab_size: int,
     *,
+    multi_query: bool = False,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Key-value pairs ``k1 v1 k2 v2 ... k`` then a query key; predict its value.
@@ -61,6 +62,11 @@ def associative_recall(
     repeats), fills ``seq_len - 1`` positions with pairs, and ends with a key seen
     earlier; the only target is that key's value, at the last position.
     ``seq_len`` must be odd (pairs plus the query).
+
+    ``multi_query=True`` also asks for the value at every repeated key (the target
+    at key position 2i is v_i when k_i appeared before), the multi-query form of
+    Zoology (Arora et al., 2023, arXiv:2312.04927): the same skill, with more
+    answers per sequence to learn from.
     """
     check_positive(num_examples=num_examples)
     check(seq_len >= 3 and seq_len % 2 == 1, f"seq_len must be odd >= 3, got {seq_len}")
@@ -74,6 +80,10 @@ def associative_recall(
     x = torch.cat((pairs, query), dim=1)
     y = torch.full_like(x, IGNORE)
     y[:, -1] = values.gather(1, query)[:, 0]
+    if multi_query:
+        seen_before = (keys[:, :, None] == keys[:, None, :]).tril(-1).any(-1)
+        answers = torch.where(seen_before, pairs[:, 1::2], IGNORE)
+        y[:, 0:-1:2] = answers
     return x, y
 
 

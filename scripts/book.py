@@ -79,7 +79,11 @@ def config(manifest: dict) -> dict:
         "launch_buttons": {"notebook_interface": "jupyterlab", "binderhub_url": ""},
         "sphinx": {
             "extra_extensions": ["sphinx-mathjax-offline"],
-            "config": {"nb_execution_show_tb": True, "html_show_copyright": True},
+            "config": {
+                "nb_execution_show_tb": True,
+                "nb_output_stderr": "remove",
+                "html_show_copyright": True,
+            },
         },
     }
 

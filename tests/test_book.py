@@ -21,7 +21,7 @@ def test_manifest_has_chapters_in_order():
     files = [c["file"] for c in CHAPTERS]
     assert files, "book.toml lists no chapter"
     numbers = [int(Path(f).name[:2]) for f in files]
-    assert numbers == list(range(len(files))), "chapters must be numbered 00, 01, ..."
+    assert numbers[0] == 0 and numbers == sorted(set(numbers)), "chapter order"
     for chapter in CHAPTERS:
         assert {"file", "title", "module", "cpu_budget_s"} <= set(chapter)
         assert 0 < chapter["cpu_budget_s"] <= 180

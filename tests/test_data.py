@@ -28,6 +28,19 @@ def test_associative_recall_answers_are_the_bound_values():
         assert y[row, -1].item() == bound[x[row, -1].item()]
 
 
+def test_multi_query_recall_asks_at_every_repeated_key():
+    x, y = associative_recall(100, 41, 16, multi_query=True, seed=0)
+    single_x, single_y = associative_recall(100, 41, 16, seed=0)
+    assert torch.equal(x, single_x) and torch.equal(y[:, -1], single_y[:, -1])
+    assert (y[:, 1:-1:2] == IGNORE).all()  # never at a value position
+    for row in range(100):
+        for i in range(0, 40, 2):
+            repeated = x[row, i].item() in x[row, 0:i:2].tolist()
+            expected = x[row, i + 1].item() if repeated else IGNORE
+            assert y[row, i].item() == expected
+    assert (y[:, :-1] != IGNORE).sum() > 100
+
+
 def test_tasks_are_deterministic_by_seed():
     for task in (associative_recall, induction_heads, selective_copying):
         a, b, c = (
