@@ -167,3 +167,20 @@ def test_gpu_low_precision(n, m, d, causal, dtype):
     torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
     for ours, exact in zip(leaves, ref):
         torch.testing.assert_close(ours.grad.float(), exact.grad, rtol=tol, atol=tol)
+
+
+def test_benchmark_toy_run(tmp_path):
+    from benchmarks import flash as benchmark
+    from minimodels.bench import load_json
+
+    out = benchmark.main(
+        ["--device", "cpu", "--seq-lens", "32", "--tokens", "32", "--hidden", "32",
+         "--out", str(tmp_path / "flash.json")]
+    )  # fmt: skip
+    data = load_json(out)
+    assert data["environment"]["device_type"] == "cpu"
+    rows = data["results"]
+    assert {r["provider"] for r in rows} == {"ours", "sdpa-math"}
+    assert {r["mode"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
+    assert len(rows) == 2 * 3 * 2  # providers x modes x causal
+    assert all(r["tflops"] > 0 and r["heads"] == 2 for r in rows)

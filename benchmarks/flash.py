@@ -1,0 +1,176 @@
+"""FlashAttention TFLOP/s: our Triton kernel vs ``F.scaled_dot_product_attention``.
+
+The FlashAttention-2 paper's grid (Dao, 2023, arXiv:2307.08691, Fig. 4-7): hidden
+size 2048 (heads = 2048 / head dim), batch * N = 16K tokens, N = 1K..16K, head dim
+64 and 128, causal and not, forward, backward and forward + backward, here in bf16
+and fp16. SDPA runs with its flash backend and, where available, its cuDNN backend,
+in the same run. FLOPs as in the paper: forward 4 N^2 d per head (halved when
+causal), backward 2.5x the forward.
+
+    python -m benchmarks.flash --out figures/data/flash_h100.json      # on a GPU
+    python -m benchmarks.flash --device cpu                            # toy, CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minimodels import bench
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+GPU_SEQ_LENS = [1024, 2048, 4096, 8192, 16384]
+
+
+def attention_flops(batch: int, heads: int, n: int, d: int, causal: bool, mode: str):
+    fwd = 4 * batch * heads * n * n * d / (2 if causal else 1)
+    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}[mode]
+
+
+def _providers(device: str) -> dict[str, Callable[..., torch.Tensor]]:
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels exist
+    from minimodels.kernels.flash import flash_attention
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(backend: SDPBackend) -> Callable[..., torch.Tensor]:
+        def run(q, k, v, causal):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        return run
+
+    if device == "cpu":
+        return {"ours": flash_attention, "sdpa-math": sdpa(SDPBackend.MATH)}
+    return {
+        "ours": flash_attention,
+        "sdpa-flash": sdpa(SDPBackend.FLASH_ATTENTION),
+        "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+    }
+
+
+def _time_mode(fn, q, k, v, causal, mode, device, repeats) -> float:
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    do = torch.randn_like(q)
+    if mode == "fwd":
+        with torch.no_grad():
+            call = lambda: fn(q, k, v, causal)  # noqa: E731
+            return bench.time_fn(call, device=device, repeats=repeats)["median_s"]
+    if mode == "bwd":
+        out = fn(*leaves, causal)
+        call = lambda: out.backward(do, retain_graph=True)  # noqa: E731
+    else:
+        call = lambda: fn(*leaves, causal).backward(do)  # noqa: E731
+    return bench.time_fn(call, device=device, repeats=repeats)["median_s"]
+
+
+def run(
+    *,
+    device: str,
+    dtypes: Sequence[torch.dtype],
+    head_dims: Sequence[int],
+    seq_lens: Sequence[int],
+    tokens: int,
+    hidden: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    rows = []
+    providers = _providers(device)
+    for dtype in dtypes:
+        for d in head_dims:
+            for causal in (False, True):
+                for n in seq_lens:
+                    batch, heads = max(1, tokens // n), hidden // d
+                    g = torch.Generator().manual_seed(0)
+                    q, k, v = (
+                        torch.randn(batch, heads, n, d, generator=g).to(device, dtype)
+                        for _ in range(3)
+                    )
+                    for name, fn in providers.items():
+                        for mode in MODES:
+                            try:
+                                s = _time_mode(
+                                    fn, q, k, v, causal, mode, device, repeats
+                                )
+                            except RuntimeError as err:  # backend not available
+                                print(f"  {name} {mode}: skipped ({err})"[:120])
+                                continue
+                            flops = attention_flops(batch, heads, n, d, causal, mode)
+                            rows.append(
+                                {"provider": name, "mode": mode,
+                                 "dtype": str(dtype).removeprefix("torch."),
+                                 "head_dim": d, "causal": causal, "n": n,
+                                 "batch": batch, "heads": heads, "seconds": s,
+                                 "tflops": flops / s / 1e12}
+                            )  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """TFLOP/s per configuration, and ours / each SDPA backend."""
+    keys = sorted(
+        {(r["dtype"], r["head_dim"], r["causal"], r["mode"], r["n"]) for r in rows}
+    )
+    names = list(dict.fromkeys(r["provider"] for r in rows))
+    print(f"{'dtype':9}{'d':>4}{'causal':>7}{'mode':>8}{'N':>7}", end="")
+    print(
+        "".join(f"{n:>12}" for n in names),
+        "".join(f"{'ours/' + n:>18}" for n in names[1:]),
+    )
+    for key in keys:
+        tf = {
+            r["provider"]: r["tflops"]
+            for r in rows
+            if (r["dtype"], r["head_dim"], r["causal"], r["mode"], r["n"]) == key
+        }
+        line = f"{key[0]:9}{key[1]:>4}{key[2]!s:>7}{key[3]:>8}{key[4]:>7}"
+        line += "".join(f"{tf[n]:12.4g}" if n in tf else f"{'-':>12}" for n in names)
+        line += "".join(
+            f"{tf['ours'] / tf[n]:18.2f}" if "ours" in tf and n in tf else f"{'-':>18}"
+            for n in names[1:]
+        )
+        print(line)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument("--dtypes", nargs="+", default=None, help="bfloat16 float16")
+    parser.add_argument("--head-dims", nargs="+", type=int, default=None)
+    parser.add_argument("--seq-lens", nargs="+", type=int, default=None)
+    parser.add_argument("--tokens", type=int, default=None, help="batch * N")
+    parser.add_argument("--hidden", type=int, default=None, help="heads * head dim")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)  # fmt: skip
+    gpu = args.device != "cpu"
+    if not gpu:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    dtypes = args.dtypes or (["bfloat16", "float16"] if gpu else ["float32"])
+    rows = run(
+        device=args.device,
+        dtypes=[getattr(torch, name) for name in dtypes],
+        head_dims=args.head_dims or ([64, 128] if gpu else [16]),
+        seq_lens=args.seq_lens or (GPU_SEQ_LENS if gpu else [32, 64]),
+        tokens=args.tokens or (16384 if gpu else 64),
+        hidden=args.hidden or (2048 if gpu else 32),
+        repeats=args.repeats or (10 if gpu else 1),
+    )  # fmt: skip
+    print_table(rows)
+    name = "flash_h100.json" if gpu else "flash_cpu.json"
+    out = Path(args.out) if args.out else bench.figures_dir() / "data" / name
+    bench.save_json(rows, out, device=args.device)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
