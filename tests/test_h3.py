@@ -163,3 +163,21 @@ def test_h3_lm_learns_a_little():
     config = TrainConfig(steps=30, batch_size=32, eval_every=30, progress=False)
     history = train(model, data, data, config)
     assert history.final_loss < 2.0  # below ln 8 = 2.08, chance
+
+
+def test_benchmark_runs_at_toy_size(tmp_path):
+    import json
+
+    from benchmarks import h3 as bench_h3
+
+    out, fig = tmp_path / "h3.json", tmp_path / "h3.png"
+    argv = "--lengths 16 32 --dim 8 --d-state 4 --tokens 64 --repeats 1"
+    bench_h3.main([*argv.split(), "--out", str(out), "--plot", str(fig)])
+    data = json.loads(out.read_text())
+    rows = data["results"]["rows"]
+    assert [(r["n"], r["batch"]) for r in rows] == [(16, 4), (32, 2)]
+    assert all(
+        r["h3_tokens_per_s"] > 0 and r["attention_tokens_per_s"] > 0 for r in rows
+    )
+    assert "environment" in data and fig.exists()
+    assert "h3_per_token_exponent" in data["results"]

@@ -1,0 +1,187 @@
+"""H3 vs causal attention: training throughput (tokens/s) against sequence length.
+
+    python -m benchmarks.h3                  # CPU, toy size (dim 32, n 64 .. 1024)
+    python -m benchmarks.h3 --device cuda    # GPU: dim 768, n 1K .. 16K, bf16 autocast
+
+Each length runs one forward and backward of one mixer with its projections: an
+``H3`` (FFT convolutions, O(n log n)) and a ``MultiHeadAttention`` (SDPA, causal;
+FlashAttention on a GPU under bf16 autocast) of the same width. The batch holds
+``--tokens`` tokens in all (batch = tokens // n, at least 1), so a flat line is
+constant work per token. It prints tokens/s for both and the ratio H3 / attention,
+fits power laws to the times per batch, and writes JSON (with device and
+versions) to ``figures/data/h3_vs_attention_{cpu,h100}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minimodels import bench
+from minimodels.attention import MultiHeadAttention
+from minimodels.h3 import H3
+
+AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CUDA_LENGTHS = [1024, 2048, 4096, 8192, 16384]
+CPU_LENGTHS = [64, 128, 256, 512, 1024]
+
+
+def make_pair(dim: int, *, heads: int, head_dim: int, d_state: int) -> dict:
+    """The two mixers compared, at width ``dim``."""
+    return {
+        "h3": H3(dim, d_state=d_state, head_dim=head_dim),
+        "attention": MultiHeadAttention(dim, heads=heads, rotary=False),
+    }
+
+
+def fwd_bwd(
+    module: nn.Module, batch: int, n: int, dim: int, device: str, autocast: str
+) -> Callable[[], None]:
+    """A closure running forward and backward once on a random input."""
+    x = torch.randn(batch, n, dim, device=device, requires_grad=True)
+    grad = torch.randn_like(x)
+    dtype = AUTOCAST[autocast]
+
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        ctx = (
+            torch.autocast(torch.device(device).type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            y = module(x)
+        y.float().backward(grad)
+
+    return run
+
+
+def _time(fn: Callable[[], None], device: str, repeats: int) -> float | None:
+    try:
+        return bench.time_fn(fn, warmup=1, repeats=repeats, device=device)["median_s"]
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for n in args.lengths:
+        batch = max(1, args.tokens // n)
+        row: dict[str, Any] = {"n": n, "batch": batch}
+        torch.manual_seed(0)
+        pair = make_pair(
+            args.dim, heads=args.heads, head_dim=args.head_dim, d_state=args.d_state
+        )
+        for name, module in pair.items():
+            module = module.to(args.device)
+            fn = fwd_bwd(module, batch, n, args.dim, args.device, args.autocast)
+            seconds = _time(fn, args.device, args.repeats)
+            row[f"{name}_s"] = seconds
+            row[f"{name}_tokens_per_s"] = batch * n / seconds if seconds else None
+            del module, fn
+        a, h = row["attention_s"], row["h3_s"]
+        row["h3_over_attention"] = a / h if a and h else None  # throughput ratio
+        rows.append(row)
+        _print_row(row)
+    result: dict[str, Any] = {
+        "rows": rows,
+        "dim": args.dim,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "d_state": args.d_state,
+        "tokens": args.tokens,
+        "autocast": args.autocast,
+    }
+    for name in ("h3", "attention"):
+        # time per token against n: exponent ~0 for H3 (log n), ~1 for attention
+        pts = [(r["n"], r[f"{name}_s"] / (r["n"] * r["batch"])) for r in rows]
+        pts = [(n, s) for n, s in pts if s]
+        if len(pts) >= 2:
+            result[f"{name}_per_token_exponent"] = bench.fit_power_law(*zip(*pts))[0]
+    return result
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    def fmt(rate: float | None) -> str:
+        return "       OOM" if rate is None else f"{rate:10.0f}"
+
+    ratio = row["h3_over_attention"]
+    print(
+        f"n={row['n']:>6} batch={row['batch']:>4}  tokens/s: "
+        f"h3 {fmt(row['h3_tokens_per_s'])}  attention "
+        f"{fmt(row['attention_tokens_per_s'])}  h3/attention "
+        f"{'-' if ratio is None else f'{ratio:.2f}x'}",
+        flush=True,
+    )
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--lengths", type=int, nargs="+", default=None)
+    p.add_argument("--dim", type=int, default=None, help="768 on cuda, else 32")
+    p.add_argument("--heads", type=int, default=None, help="attention heads")
+    p.add_argument("--head-dim", type=int, default=1, help="H3 head dim")
+    p.add_argument("--d-state", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=None, help="tokens per batch")
+    p.add_argument("--autocast", choices=list(AUTOCAST), default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None, help="save a figure here")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
+    args.dim = args.dim or (768 if cuda else 32)
+    args.heads = args.heads or max(1, args.dim // 64)
+    args.tokens = args.tokens or (16384 if cuda else 2048)
+    args.autocast = args.autocast or ("bfloat16" if cuda else "none")
+    tag = "h100" if cuda else "cpu"
+    args.out = args.out or bench.figures_dir() / f"data/h3_vs_attention_{tag}.json"
+    return args
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("h3", "attention"):
+        pts = [(r["n"], r[f"{name}_tokens_per_s"]) for r in result["rows"]]
+        ax.loglog(*zip(*[p for p in pts if p[1]]), "o-", label=name)
+    ax.set(xlabel="sequence length", ylabel="training tokens/s (fwd+bwd)")
+    ax.legend()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    result["command"] = "python -m benchmarks.h3 " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    bench.save_json(result, args.out, device=args.device)
+    print(f"wrote {args.out}")
+    if args.plot is not None:
+        plot(result, args.plot)
+    return result
+
+
+if __name__ == "__main__":
+    main()
