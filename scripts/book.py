@@ -96,8 +96,9 @@ def toc(manifest: dict) -> dict:
 
 def chapter_list(manifest: dict) -> str:
     lines = []
-    for i, c in enumerate(manifest["chapters"]):
-        lines.append(f"{i}. [{c['title']}]({c['file']}) — `{c['module']}`")
+    for c in manifest["chapters"]:
+        number = int(Path(c["file"]).name[:2])
+        lines.append(f"- {number}. [{c['title']}]({c['file']}) — `{c['module']}`")
     return "\n".join(lines)
 
 
