@@ -9,6 +9,7 @@ from minimodels.ssm import (
     S4DMixer,
     discretize_bilinear,
     discretize_zoh,
+    half_density,
     remember_first,
     s4d_init,
     ssm_kernel,
@@ -308,3 +309,19 @@ def test_remember_first_task():
     assert torch.equal(y[:, -1], x[:, 0]) and (y[:, :-1] == -100).all()
     with pytest.raises(ValueError, match="vocab_size"):
         remember_first(5, 30, 2)
+
+
+def test_half_density_task():
+    x, y = half_density(400, 101, seed=3)
+    assert x.shape == y.shape == (400, 101)
+    assert (x[:, :-1] <= 1).all() and (x[:, -1] == 2).all()
+    assert (y[:, :-1] == -100).all() and set(y[:, -1].tolist()) == {3, 4}
+    first = x[:, :50].float().mean(1)
+    dense = y[:, -1] == 4
+    assert first[dense].mean() > 0.65 and first[~dense].mean() < 0.35
+    # the overall rate alone gets at most about 75%: the halves disagree half the time
+    overall = x[:, :-1].float().mean(1)
+    agree = ((overall > 0.5) == dense).float().mean()
+    assert 0.6 < agree < 0.9
+    with pytest.raises(ValueError, match="low"):
+        half_density(4, 11, low=0.8, high=0.2)
