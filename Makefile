@@ -33,15 +33,18 @@ lint: install
 config: install
 	$(PY) scripts/book.py config
 
+CHAPTERS = $(shell test -x $(PY) && $(PY) scripts/book.py files)
+NOTEBOOKS = $(patsubst chapters/%.md,notebooks/%.ipynb,$(CHAPTERS))
+
 notebooks: config
-	$(BIN)/jupytext --sync --quiet chapters/*.md
+	$(BIN)/jupytext --sync --quiet $(CHAPTERS)
 
 unit: notebooks
 	$(PY) -m pytest tests -q
 
 nbval: notebooks
 	TRITON_INTERPRET=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=300 \
-		notebooks -q
+		$(NOTEBOOKS) -q
 
 site: config
 	TRITON_INTERPRET=1 $(BIN)/jupyter-book build . --warningiserror --keep-going \

@@ -2,6 +2,10 @@
 
     python scripts/book.py config   # write _config.yml and _toc.yml
     python scripts/book.py list     # print the chapter list as Markdown
+    python scripts/book.py files    # print the chapter files, in order
+
+A chapter file that book.toml does not list is a draft: it is neither built nor
+executed.
 
 book.toml is the single manifest of the book; the two YAML files are generated
 (and git-ignored), so they can never disagree with it.
@@ -111,6 +115,8 @@ def main(argv: list[str]) -> None:
         (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
     elif command == "list":
         print(chapter_list(manifest))
+    elif command == "files":  # the chapters in the book, for make
+        print(" ".join(c["file"] for c in manifest["chapters"]))
     else:
         raise SystemExit(f"unknown command {command!r}: use 'config' or 'list'")
 
