@@ -92,6 +92,20 @@ class ShiftSSM(nn.Module):
         return (state * self.C).sum(-1) + self.D * u, state
 
 
+def _fast_len(n: int) -> int:
+    """The smallest m >= n with no prime factor above 5: FFTs of such sizes are
+    fast, while a prime n (e.g. 31) can be several times slower."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, head_dim: int) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 3, "b c n")
@@ -107,13 +121,16 @@ def h3_conv(
     phi: (c m) shift filter, psi: (h n) diagonal-SSM kernels, D: (h,) its skip.
     """
     _check_qkv(q, k, v, head_dim)
+    n = q.shape[-1]
+    # zeros appended at the end change nothing before them (causality)
+    q, k, v = (F.pad(x, (0, _fast_len(n) - n)) for x in (q, k, v))
     k = fft_conv(k, phi)  # (1)
     k = rearrange(k, "b (h i) n -> b i 1 h n", i=head_dim)
     v = rearrange(v, "b (h j) n -> b 1 j h n", j=head_dim)
     s = fft_conv(k * v, psi, D)  # (2), (3): (b i j h n)
     q = rearrange(q, "b (h i) n -> b i 1 h n", i=head_dim)
     y = (q * s).sum(1)  # (4): (b j h n)
-    return rearrange(y, "b j h n -> b (h j) n")
+    return rearrange(y, "b j h n -> b (h j) n")[..., :n]
 
 
 def h3_reference(
