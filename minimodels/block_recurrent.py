@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
 from minimodels.attention import RotaryEmbedding
-from minimodels.lm import MLP
+from minimodels.lm import MLP, sample_logits
 
 __all__ = [
     "attend",
@@ -491,21 +491,6 @@ class BlockRecurrentTransformer(nn.Module):
         return loss, new_mems, new_states
 
 
-def _sample(
-    logits: Tensor,
-    temperature: float,
-    top_k: int | None,
-    generator: torch.Generator | None,
-) -> Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-
 class RecurrentTrainWrapper(nn.Module):
     """Runs a long sequence through the model segment by segment (``segment_len``
     tokens, default ``max_seq_len``), carrying memories and states.
@@ -607,7 +592,7 @@ class RecurrentTrainWrapper(nn.Module):
         block, out = prime[:, done:], []
         for _ in range(length - n):
             logits, new_mems, new_states = self.transformer(block, mems, states)
-            token = _sample(logits[:, -1], temperature, top_k, generator)[:, None]
+            token = sample_logits(logits[:, -1], temperature, top_k, generator)[:, None]
             out.append(token)
             if block.shape[1] == w:  # the block is complete: advance the cache
                 mems, states, block = new_mems, new_states, token

@@ -31,7 +31,15 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_ndim, check_positive
 
-__all__ = ["LM", "Block", "MLP", "MIXERS", "mixer_factory", "count_parameters"]
+__all__ = [
+    "LM",
+    "Block",
+    "MLP",
+    "MIXERS",
+    "mixer_factory",
+    "count_parameters",
+    "sample_logits",
+]
 
 MixerFactory = Callable[[int], nn.Module]
 
@@ -172,7 +180,9 @@ class LM(nn.Module):
         check(top_k is None or top_k > 0, f"top_k must be positive, got {top_k}")
         recurrent = self.recurrent if recurrent is None else recurrent
         check(not recurrent or self.recurrent, "a mixer here has no step()")
-        sample = partial(_sample, temperature=temperature, top_k=top_k, gen=generator)
+        sample = partial(
+            sample_logits, temperature=temperature, top_k=top_k, generator=generator
+        )
         ids = prompt
         if recurrent:
             states = self.init_states(prompt.shape[0])
@@ -187,13 +197,18 @@ class LM(nn.Module):
         return ids
 
 
-def _sample(
-    logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None
+def sample_logits(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
 ) -> Tensor:
+    """One token per row of logits (b v): greedy at temperature 0, else sampled
+    from the softmax at ``temperature`` over the ``top_k`` largest logits."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
