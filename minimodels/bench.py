@@ -8,19 +8,20 @@ numbers come from. Scaling exponents are fitted with ``fit_power_law``.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import json
 import math
 import platform
-import re
 import statistics
-import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from minimodels._util import check, check_positive
 
@@ -28,6 +29,7 @@ __all__ = [
     "environment",
     "time_fn",
     "peak_memory",
+    "peak_tensor_bytes",
     "measure",
     "sweep",
     "fit_power_law",
@@ -90,42 +92,69 @@ def time_fn(
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
-def _status_bytes(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024
-
-
 def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") -> int:
     """Peak bytes used while ``fn()`` runs, above what was in use before.
 
-    On CUDA this is the caching allocator's high-water mark. On CPU (Linux) it is
-    the process's peak resident memory (VmHWM), reset before the call through
-    /proc/self/clear_refs: large tensors are mmap-ed and returned on free, so the
-    peak follows the tensors alive at once. Elsewhere it falls back to the growth
-    of ru_maxrss, which only sees a new all-time peak.
+    On CUDA this is the caching allocator's high-water mark. On CPU it is
+    ``peak_tensor_bytes(fn)``: the tensors alive at once, counted operator by
+    operator. (The process's resident memory would be blurred by the allocator
+    and by whatever else the machine is doing.)
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - base)
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_bytes("VmRSS")
-        fn()
-        return max(0, _status_bytes("VmHWM") - base)
-    except OSError:
-        import resource
+    if device.type != "cuda":
+        return peak_tensor_bytes(fn)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
 
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes vs kB
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+class _TensorBytes(TorchDispatchMode):
+    """Counts the bytes of tensors that operators create and that are alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.peak = 0
+        self.live: set[int] = set()
+
+    def _free(self, ptr: int, size: int) -> None:
+        self.live.discard(ptr)
+        self.now -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, Tensor)
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, Tensor):
+                continue
+            storage = t.untyped_storage()
+            ptr, size = storage.data_ptr(), storage.nbytes()
+            # views and in-place results share an input's storage: nothing new
+            if size and ptr not in self.live and ptr not in inputs:
+                self.live.add(ptr)
+                self.now += size
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(t, self._free, ptr, size)
+        return out
+
+
+def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes of the tensors created by ``fn()`` and alive at the same time.
+
+    Counted operator by operator (a ``TorchDispatchMode``), so it is exact and
+    repeatable on any device. What a fused kernel allocates inside itself and
+    frees before it returns (a workspace) is not a tensor and is not counted.
+    """
+    mode = _TensorBytes()
+    with mode:
         fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return max(0, peak - base) * scale
+    return mode.peak
 
 
 def measure(

@@ -36,16 +36,12 @@ k branch, v vocabulary.
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
 from minimodels.attention import RotaryEmbedding
@@ -68,7 +64,6 @@ __all__ = [
     "DilatedAttention",
     "SwiGLU",
     "LongNetTransformer",
-    "peak_tensor_bytes",
 ]
 
 Branch = tuple[int, int]  # (segment length w, dilation r)
@@ -469,43 +464,3 @@ class LongNetTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
-
-
-class _TensorBytes(TorchDispatchMode):
-    """Counts the bytes of tensors that operators create and that are alive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = self.peak = 0
-        self.live: set[int] = set()
-
-    def _free(self, ptr: int, size: int) -> None:
-        self.live.discard(ptr)
-        self.now -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if not isinstance(t, Tensor) or t._base is not None:
-                continue  # views share their base's storage
-            storage = t.untyped_storage()
-            ptr, size = storage.data_ptr(), storage.nbytes()
-            if size and ptr not in self.live:
-                self.live.add(ptr)
-                self.now += size
-                self.peak = max(self.peak, self.now)
-                weakref.finalize(t, self._free, ptr, size)
-        return out
-
-
-def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes of the tensors created by ``fn()`` and alive at the same time.
-
-    Counted operator by operator (a ``TorchDispatchMode``), so it is exact and
-    repeatable on CPU, where the process's resident memory is blurred by the
-    allocator. (A helper that belongs in ``minimodels.bench``.)
-    """
-    mode = _TensorBytes()
-    with mode:
-        fn()
-    return mode.peak

@@ -15,8 +15,24 @@ def test_time_fn_reports_median_and_min():
 def test_peak_memory_sees_a_large_tensor():
     small = bench.peak_memory(lambda: torch.ones(1000))
     big = bench.peak_memory(lambda: torch.ones(16_000_000))  # 64 MB
-    assert big >= 60e6
-    assert small < big / 4
+    assert big == 64_000_000
+    assert small == 4000
+
+
+def test_peak_tensor_bytes_counts_tensors_alive_at_once():
+    def two_at_once():
+        a = torch.ones(1000)
+        b = torch.ones(1000)
+        return a + b  # three 4000-byte tensors alive together
+
+    def one_after_another():
+        for _ in range(3):
+            torch.ones(1000)
+
+    assert bench.peak_tensor_bytes(two_at_once) == 12_000
+    assert bench.peak_tensor_bytes(one_after_another) == 4000
+    x = torch.ones(1000)
+    assert bench.peak_tensor_bytes(lambda: x.view(10, 100).t()) == 0  # views
 
 
 def test_fit_power_law_recovers_exponent():
