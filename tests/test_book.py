@@ -85,3 +85,13 @@ def test_readme_chapter_list_matches_the_manifest():
 
 def test_no_stray_notebooks_beside_the_chapters():
     assert not list((ROOT / "chapters").glob("*.ipynb"))
+
+
+def test_environment_yml_installs_the_same_package():
+    import yaml
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert '-e ".[all]"' in pip_section or "-e .[all]" in pip_section
+    python = next(d for d in env["dependencies"] if str(d).startswith("python"))
+    assert ">=3.10" in python, "environment.yml and pyproject disagree on Python"
