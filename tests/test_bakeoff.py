@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from minimodels import bakeoff
+from minimodels.lm import count_parameters
+from minimodels.testing import assert_causal
+from minimodels.train import TrainConfig
+
+NAMES = list(bakeoff.CONTENDERS)
+
+
+def test_every_chapter_mixer_is_a_contender():
+    chapters = {chapter for chapter, _ in bakeoff.CONTENDERS.values()}
+    assert chapters == {0, 2, 3, 4, 6, 7, 8}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", [1, 37, 64])
+def test_contender_maps_ids_to_logits_causally(name, n):
+    torch.manual_seed(0)
+    model = bakeoff.build(name, vocab_size=11, dim=32, seq_len=64).eval()
+    ids = torch.randint(0, 11, (2, n))
+    assert model(ids).shape == (2, n, 11)
+    if n > 1:
+        assert_causal(model, ids, positions=[0, n // 2, n - 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_width_for_gets_closest_to_the_target_size(name):
+    dim = bakeoff.width_for(name, params=40_000, vocab_size=16, seq_len=64)
+
+    def size(d):
+        return count_parameters(bakeoff.build(name, vocab_size=16, dim=d, seq_len=64))
+
+    neighbours = [d for d in (dim - 16, dim + 16) if d >= 16]
+    assert all(abs(size(dim) - 40_000) <= abs(size(d) - 40_000) for d in neighbours)
+
+
+def test_bad_names_and_widths_are_refused():
+    with pytest.raises(ValueError, match="unknown contender"):
+        bakeoff.build("mamba", vocab_size=8, dim=32, seq_len=16)
+    with pytest.raises(ValueError, match="dim must be a multiple of 16"):
+        bakeoff.build("attention", vocab_size=8, dim=40, seq_len=16)
+    with pytest.raises(ValueError, match="seq_len"):
+        bakeoff.build("attention", vocab_size=8, dim=32, seq_len=0)
+
+
+def test_run_trains_and_reports_a_row():
+    config = TrainConfig(
+        steps=4, batch_size=4, eval_every=2, eval_batches=1, progress=False
+    )
+    row = bakeoff.run(
+        "s4d", bakeoff.recall_task(15, examples=64), params=10_000, config=config
+    )
+    assert row["task"] == "recall n=15" and 0 <= row["accuracy"] <= 1
+    assert row["curve"]["step"] == [2, 4]
+    json.dumps(row)  # a row is plain data
+
+
+def test_bytes_task_scores_bits():
+    from minimodels.data import ByteCorpus
+
+    corpus = ByteCorpus(torch.arange(256).repeat(8), torch.arange(256).repeat(2))
+    config = TrainConfig(
+        steps=2, batch_size=2, eval_every=2, eval_batches=1, progress=False
+    )
+    row = bakeoff.run(
+        "attention", bakeoff.bytes_task(corpus, 32), params=20_000, config=config
+    )
+    assert 0 < row["bits"] < 9
+
+
+def test_speed_rows():
+    rows = bakeoff.speed("hyena", [16, 32], dim=16, repeats=1)
+    assert [r["n"] for r in rows] == [16, 32]
+    assert all(r["median_s"] > 0 and r["peak_bytes"] > 0 for r in rows)
