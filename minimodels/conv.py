@@ -23,7 +23,7 @@ matmul with the m1 x m1 DFT matrix, an elementwise product, a matmul with the
 m2 x m2 DFT matrix (``fft_monarch``; recursing on m2 gives more, smaller
 factors). These are Monarch matrices (Dao et al., "Monarch: Expressive
 Structured Matrices for Efficient and Accurate Training", 2022,
-arXiv:2204.00136), and this is how FlashFFTConv runs the FFT on tensor cores
+arXiv:2204.00595), and this is how FlashFFTConv runs the FFT on tensor cores
 (Fu, Kumbong, Nguyen and Re, "FlashFFTConv: Efficient Convolutions for Long
 Sequences with Tensor Cores", 2023, arXiv:2311.05908); ``fft_conv_monarch`` is
 an FFT convolution made of matmuls only. H3 (arXiv:2212.14052) and Hyena
