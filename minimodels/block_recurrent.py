@@ -4,7 +4,7 @@
 arXiv:2203.07852). A sequence is cut into blocks of W tokens. Every layer attends
 over a sliding window of W tokens: the current block and the cached keys/values of
 the previous one (Transformer-XL memories, Dai et al., 2019, arXiv:1901.02860).
-Recurrent layers also keep S state vectors c_t (b s c), carried from block to block:
+Recurrent layers also keep S state vectors c_t (b s c), carried from block to block::
 
     vertical   (tokens):  y = x + W_o [SelfAttn(x_t, [mem, x_t]) ; CrossAttn(x_t, c_t)]
     horizontal (states):  h = W_h [SelfAttn(c_t + ids, c_t + ids) ; CrossAttn(c_t, x_t)]

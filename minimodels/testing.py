@@ -59,7 +59,7 @@ def assert_same(
     grads: bool = True,
     seed: int = 0,
 ) -> None:
-    """Assert fast(*inputs) == reference(*inputs), and so are the gradients of a
+    """Assert ``fast(*inputs) == reference(*inputs)``, and so are the gradients of a
     random projection of the output with respect to every floating input."""
     leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
     others = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]

@@ -1,6 +1,6 @@
 """Generate the Jupyter Book config (``_config.yml``, ``_toc.yml``) from book.toml.
 
-    python scripts/book.py config   # write _config.yml and _toc.yml
+    python scripts/book.py config   # write _config.yml, _toc.yml and api.md
     python scripts/book.py list     # print the chapter list as Markdown
     python scripts/book.py files    # print the chapter files, in order
 
@@ -8,12 +8,15 @@ A chapter file that book.toml does not list is a draft: it is neither built nor
 executed.
 
 book.toml is the single manifest of the book; the two YAML files are generated
-(and git-ignored), so they can never disagree with it.
+(and git-ignored), so they can never disagree with it. So is ``api.md``, the
+index of the library's API, which lists every module of the ``minimodels``
+package (autodoc renders their docstrings).
 """
 
 from __future__ import annotations
 
 import json
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -81,21 +84,73 @@ def config(manifest: dict) -> dict:
         "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence"]},
         "html": {"use_repository_button": False},
         "launch_buttons": {"notebook_interface": "jupyterlab", "binderhub_url": ""},
+        "bibtex_bibfiles": [book["bibliography"]],
         "sphinx": {
-            "extra_extensions": ["sphinx-mathjax-offline"],
+            "extra_extensions": ["sphinx-mathjax-offline", "sphinx.ext.autodoc"],
             "config": {
                 "nb_execution_show_tb": True,
                 "nb_output_stderr": "remove",
                 "html_show_copyright": True,
+                "autodoc_member_order": "bysource",
+                "autodoc_typehints": "description",
+                "autodoc_inherit_docstrings": False,
+                "bibtex_reference_style": "author_year",
             },
         },
     }
 
 
 def toc(manifest: dict) -> dict:
-    landing = manifest["book"]["landing"].removesuffix(".md")
+    book = manifest["book"]
     chapters = [{"file": c["file"].removesuffix(".md")} for c in manifest["chapters"]]
-    return {"format": "jb-book", "root": landing, "chapters": chapters}
+    back = [{"file": f.removesuffix(".md")} for f in book["back_matter"]]
+    return {
+        "format": "jb-book",
+        "root": book["landing"].removesuffix(".md"),
+        "parts": [
+            {"caption": "Chapters", "chapters": chapters},
+            {"caption": "Reference", "chapters": back},
+        ],
+    }
+
+
+def library_modules(root: Path = ROOT) -> list[str]:
+    """Every public module of the package, ``minimodels.kernels`` included."""
+    names = []
+    for package, folder in (
+        ("minimodels", "minimodels"),
+        ("minimodels.kernels", "kernels"),
+    ):
+        for info in pkgutil.iter_modules([str(root / folder)]):
+            if not info.name.startswith("_"):
+                names.append(f"{package}.{info.name}")
+    return sorted(names)
+
+
+def api_page(manifest: dict, root: Path = ROOT) -> str:
+    chapter_of = {}
+    for c in manifest["chapters"]:
+        chapter_of.setdefault(c["module"], int(Path(c["file"]).name[:2]))
+    lines = [
+        "# The minimodels API",
+        "",
+        "Every module of the library, with its docstrings. Each chapter builds one",
+        "module; the shared ones (`lm`, `data`, `train`, `bench`, `testing`) serve",
+        "them all. `python -m minimodels list` shows the same map from a terminal.",
+        "",
+    ]
+    for name in library_modules(root):
+        where = f" (chapter {chapter_of[name]})" if name in chapter_of else ""
+        lines += [
+            f"## `{name}`{where}",
+            "",
+            "```{eval-rst}",
+            f".. automodule:: {name}",
+            "   :members:",
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def chapter_list(manifest: dict) -> str:
@@ -113,12 +168,14 @@ def main(argv: list[str]) -> None:
         header = "# Generated from book.toml by scripts/book.py: do not edit.\n"
         (ROOT / "_config.yml").write_text(header + _yaml(config(manifest)) + "\n")
         (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
+        note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
+        (ROOT / "api.md").write_text(note + api_page(manifest))
     elif command == "list":
         print(chapter_list(manifest))
     elif command == "files":  # the chapters in the book, for make
         print(" ".join(c["file"] for c in manifest["chapters"]))
     else:
-        raise SystemExit(f"unknown command {command!r}: use 'config' or 'list'")
+        raise SystemExit(f"unknown command {command!r}: use config, list or files")
 
 
 if __name__ == "__main__":
