@@ -19,7 +19,7 @@ Shapes: b batch, n sequence, v vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +39,13 @@ __all__ = [
     "induction_task",
     "bytes_task",
     "run",
+    "grid",
+    "table",
     "speed",
 ]
 
-HEAD_DIM = 16  # every attention-like contender uses heads of 16 channels
+HEADS = 4  # every attention-like contender splits its width into 4 heads
+WIDTH_STEP = 8  # widths are multiples of this
 
 
 Builder = Callable[[int, int, int, int], nn.Module]  # (vocab, dim, depth, n)
@@ -77,8 +80,8 @@ def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
 
     w = 16
     model = BlockRecurrentTransformer(
-        num_tokens=vocab, dim=dim, depth=depth, dim_head=HEAD_DIM,
-        heads=dim // HEAD_DIM, max_seq_len=w * math.ceil(n / w), block_width=w,
+        num_tokens=vocab, dim=dim, depth=depth, dim_head=dim // HEADS,
+        heads=HEADS, max_seq_len=w * math.ceil(n / w), block_width=w,
         num_state_vectors=8, recurrent_layers=(depth,),
     )  # fmt: skip
     return BlockRecurrentLM(RecurrentTrainWrapper(model))
@@ -88,20 +91,20 @@ def _hierarchical(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
     from minimodels.hierarchical import HierarchicalTransformer
 
     return HierarchicalTransformer(
-        num_tokens=vocab, dim=dim, depth=depth, seq_len=n, dim_head=HEAD_DIM,
-        heads=dim // HEAD_DIM, hierarchies=(1, 4), window_sizes=(16, None),
+        num_tokens=vocab, dim=dim, depth=depth, seq_len=n, dim_head=dim // HEADS,
+        heads=HEADS, hierarchies=(1, 4), window_sizes=(16, None),
     )  # fmt: skip
 
 
 # name -> (the chapter that builds it, builder)
 CONTENDERS: dict[str, tuple[int, Builder]] = {
-    "attention": (0, _lm("attention", lambda d, n: {"heads": d // HEAD_DIM})),
+    "attention": (0, _lm("attention", lambda d, n: {"heads": HEADS})),
     "s4d": (2, _lm("s4d", lambda d, n: {"d_state": 16})),
     "h3": (3, _lm("h3", lambda d, n: {"d_state": 16, "head_dim": 8})),
     "hyena": (4, _lm("hyena", lambda d, n: {"max_len": n, "filter_order": 32})),
     "dilated": (
         6,
-        _lm("dilated", lambda d, n: {"heads": d // HEAD_DIM, **_dilated_branches(n)}),
+        _lm("dilated", lambda d, n: {"heads": HEADS, **_dilated_branches(n)}),
     ),
     "block_recurrent": (7, _block_recurrent),
     "hierarchical": (8, _hierarchical),
@@ -114,7 +117,7 @@ def build(
     """Contender ``name`` as a model ids (b n) -> logits (b n v), n <= seq_len."""
     check(name in CONTENDERS, f"unknown contender {name!r}; known: {list(CONTENDERS)}")
     check_positive(vocab_size=vocab_size, dim=dim, seq_len=seq_len, depth=depth)
-    check(dim % HEAD_DIM == 0, f"dim must be a multiple of {HEAD_DIM}, got {dim}")
+    check(dim % WIDTH_STEP == 0, f"dim must be a multiple of {WIDTH_STEP}, got {dim}")
     return CONTENDERS[name][1](vocab_size, dim, depth, seq_len)
 
 
@@ -125,9 +128,9 @@ def width_for(
     vocab_size: int,
     seq_len: int,
     depth: int = 2,
-    widths: range = range(HEAD_DIM, 513, HEAD_DIM),
+    widths: range = range(WIDTH_STEP, 513, WIDTH_STEP),
 ) -> int:
-    """The width (a multiple of 16) whose model has the parameter count closest
+    """The width (a multiple of 8) whose model has the parameter count closest
     to ``params``."""
     check_positive(params=params)
 
@@ -204,7 +207,13 @@ def bytes_task(corpus: data.ByteCorpus, seq_len: int) -> Task:
 
 
 def run(
-    name: str, task: Task, *, params: int, config: TrainConfig, depth: int = 2
+    name: str,
+    task: Task,
+    *,
+    params: int,
+    config: TrainConfig,
+    depth: int = 2,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train contender ``name`` of about ``params`` parameters on ``task``.
 
@@ -218,7 +227,7 @@ def run(
     torch.manual_seed(config.seed)
     model = build(
         name, vocab_size=task.vocab_size, dim=dim, seq_len=task.seq_len, depth=depth
-    )
+    ).to(device)
     history = train(
         model, task.train, task.val, config, description=f"{name}, {task.name}"
     )
@@ -236,6 +245,47 @@ def run(
         },  # fmt: skip
         "seconds": history.seconds[-1],
     }
+
+
+def grid(
+    tasks: Sequence[Task],
+    *,
+    params: int,
+    config: TrainConfig,
+    names: Sequence[str] | None = None,
+    depth: int = 2,
+    device: str | torch.device = "cpu",
+) -> list[dict]:
+    """``run`` every contender (or ``names``) on every task: one row each."""
+    names = list(CONTENDERS) if names is None else list(names)
+    for name in names:
+        check(name in CONTENDERS, f"unknown contender {name!r}")
+    return [
+        run(name, task, params=params, config=config, depth=depth, device=device)
+        for task in tasks
+        for name in names
+    ]
+
+
+def table(rows: Sequence[dict]) -> str:
+    """Rows of ``run`` as a text table: one line per contender, a column per task."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    score = {
+        (r["contender"], r["task"]): r.get("accuracy", r.get("bits")) for r in rows
+    }
+    params = {r["contender"]: r["params"] for r in rows}
+    width = max(12, *(len(t) for t in tasks))
+    lines = [f"{'':16s}{'params':>8s}" + "".join(f"{t:>{width + 2}s}" for t in tasks)]
+    for name in names:
+        cells = "".join(
+            f"{score[name, t]:>{width + 2}.3f}"
+            if (name, t) in score
+            else " " * (width + 2)
+            for t in tasks
+        )
+        lines.append(f"{name:16s}{params[name]:8d}{cells}")
+    return "\n".join(lines)
 
 
 def speed(

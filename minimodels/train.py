@@ -116,6 +116,8 @@ def _draw(data: Data, batch_size: int, g: torch.Generator) -> Batch:
 def _loss_and_correct(
     model: nn.Module, x: Tensor, y: Tensor
 ) -> tuple[Tensor, int, int]:
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     logits = model(x)
     loss = F.cross_entropy(
         logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE
@@ -159,7 +161,10 @@ def train(
     *,
     description: str = "train",
 ) -> History:
-    """Train ``model`` (whose forward maps ids to logits) and return its history."""
+    """Train ``model`` (whose forward maps ids to logits) and return its history.
+
+    Batches are drawn on the CPU and moved to the model's device.
+    """
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(

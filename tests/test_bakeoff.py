@@ -34,15 +34,15 @@ def test_width_for_gets_closest_to_the_target_size(name):
     def size(d):
         return count_parameters(bakeoff.build(name, vocab_size=16, dim=d, seq_len=64))
 
-    neighbours = [d for d in (dim - 16, dim + 16) if d >= 16]
+    neighbours = [d for d in (dim - 8, dim + 8) if d >= 8]
     assert all(abs(size(dim) - 40_000) <= abs(size(d) - 40_000) for d in neighbours)
 
 
 def test_bad_names_and_widths_are_refused():
     with pytest.raises(ValueError, match="unknown contender"):
         bakeoff.build("mamba", vocab_size=8, dim=32, seq_len=16)
-    with pytest.raises(ValueError, match="dim must be a multiple of 16"):
-        bakeoff.build("attention", vocab_size=8, dim=40, seq_len=16)
+    with pytest.raises(ValueError, match="dim must be a multiple of 8"):
+        bakeoff.build("attention", vocab_size=8, dim=36, seq_len=16)
     with pytest.raises(ValueError, match="seq_len"):
         bakeoff.build("attention", vocab_size=8, dim=32, seq_len=0)
 
@@ -76,3 +76,25 @@ def test_speed_rows():
     rows = bakeoff.speed("hyena", [16, 32], dim=16, repeats=1)
     assert [r["n"] for r in rows] == [16, 32]
     assert all(r["median_s"] > 0 and r["peak_bytes"] > 0 for r in rows)
+
+
+def test_grid_runs_every_pair_and_table_shows_them():
+    config = TrainConfig(
+        steps=2, batch_size=4, eval_every=2, eval_batches=1, progress=False
+    )
+    tasks = [
+        bakeoff.recall_task(7, examples=16),
+        bakeoff.induction_task(8, examples=16),
+    ]
+    rows = bakeoff.grid(tasks, params=8000, config=config, names=["s4d", "h3"])
+    assert [(r["contender"], r["task"]) for r in rows] == [
+        ("s4d", "recall n=7"),
+        ("h3", "recall n=7"),
+        ("s4d", "induction n=8"),
+        ("h3", "induction n=8"),
+    ]
+    text = bakeoff.table(rows)
+    assert text.splitlines()[0].split()[1:] == ["recall", "n=7", "induction", "n=8"]
+    assert f"{rows[0]['accuracy']:.3f}" in text.splitlines()[1]
+    with pytest.raises(ValueError, match="unknown contender"):
+        bakeoff.grid(tasks, params=8000, config=config, names=["rnn"])
