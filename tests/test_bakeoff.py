@@ -98,3 +98,24 @@ def test_grid_runs_every_pair_and_table_shows_them():
     assert f"{rows[0]['accuracy']:.3f}" in text.splitlines()[1]
     with pytest.raises(ValueError, match="unknown contender"):
         bakeoff.grid(tasks, params=8000, config=config, names=["rnn"])
+
+
+def test_benchmark_runs_at_toy_size(tmp_path):
+    from benchmarks import bakeoff as benchmark
+
+    out = tmp_path / "bakeoff.json"
+    benchmark.main(
+        ["--contenders", "attention", "hyena", "--params", "6000", "--steps", "2",
+         "--batch-size", "4", "--recall", "7", "--induction", "--bytes", "16",
+         "--corpus-bytes", "20000", "--examples", "16", "--speed", "16", "32",
+         "--speed-dim", "8", "--repeats", "1", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["environment"]["torch"]
+    tasks = [(r["contender"], r["task"]) for r in saved["results"]["quality"]]
+    assert tasks == [("attention", "recall n=7"), ("hyena", "recall n=7"),
+                     ("attention", "bytes n=16"), ("hyena", "bytes n=16")]  # fmt: skip
+    speed = saved["results"]["speed"]
+    assert [(r["contender"], r["n"]) for r in speed] == [
+        ("attention", 16), ("attention", 32), ("hyena", 16), ("hyena", 32)
+    ]  # fmt: skip
