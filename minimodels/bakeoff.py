@@ -44,8 +44,8 @@ __all__ = [
     "speed",
 ]
 
-HEADS = 4  # every attention-like contender splits its width into 4 heads
-WIDTH_STEP = 8  # widths are multiples of this
+HEADS = 2  # every attention-like contender splits its width into 2 heads
+WIDTH_STEP = 4  # widths are multiples of this
 
 
 Builder = Callable[[int, int, int, int], nn.Module]  # (vocab, dim, depth, n)
@@ -128,27 +128,26 @@ def width_for(
     vocab_size: int,
     seq_len: int,
     depth: int = 2,
-    widths: range = range(WIDTH_STEP, 513, WIDTH_STEP),
+    widths: range = range(WIDTH_STEP, 1025, WIDTH_STEP),
 ) -> int:
-    """The width (a multiple of 8) whose model has the parameter count closest
-    to ``params``."""
+    """The width whose model has the parameter count closest to ``params``
+    (among the ``widths`` the contender accepts: H3 needs multiples of 8)."""
     check_positive(params=params)
-
-    def size(dim: int) -> int:
-        model = build(
-            name, vocab_size=vocab_size, dim=dim, seq_len=seq_len, depth=depth
-        )
-        return count_parameters(model)
-
-    lo, hi = 0, len(widths) - 1  # sizes grow with the width: bisect
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if size(widths[mid]) < params:
-            lo = mid + 1
-        else:
-            hi = mid
-    candidates = [widths[i] for i in {max(lo - 1, 0), lo}]
-    return min(candidates, key=lambda d: abs(size(d) - params))
+    best, best_gap = None, math.inf
+    for dim in widths:
+        try:
+            model = build(
+                name, vocab_size=vocab_size, dim=dim, seq_len=seq_len, depth=depth
+            )
+        except ValueError:
+            continue  # e.g. heads that do not divide this width
+        size = count_parameters(model)
+        if abs(size - params) < best_gap:
+            best, best_gap = dim, abs(size - params)
+        if size > params:
+            break  # sizes grow with the width
+    check(best is not None, f"no width in {widths} builds {name!r}")
+    return best
 
 
 @dataclass(frozen=True)
