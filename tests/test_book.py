@@ -122,3 +122,13 @@ def test_back_matter_and_api_index_cover_the_library():
                 else "minimodels.kernels"
             )
             assert f".. automodule:: {package}.{path.stem}" in page
+
+
+def test_landing_road_map_names_each_chapter_and_its_module():
+    intro = (ROOT / MANIFEST["book"]["landing"]).read_text()
+    rows = re.findall(r"^\| (\d+)\. ([^|]+?) \|.*\| `([\w.]+)` \|$", intro, re.M)
+    road_map = {int(number): (title, module) for number, title, module in rows}
+    for chapter in CHAPTERS:
+        number = int(Path(chapter["file"]).name[:2])
+        assert number in road_map, f"the road map lacks chapter {number}"
+        assert road_map[number][1] == chapter["module"], chapter["file"]
