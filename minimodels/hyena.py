@@ -68,7 +68,6 @@ __all__ = [
     "hyena_matrix",
     "HyenaOperator",
     "h3_as_hyena",
-    "recall_targets_everywhere",
 ]
 
 FILTERS = ("implicit", "explicit", "s4d")
@@ -382,20 +381,3 @@ def h3_as_hyena(dim: int, *, max_len: int, d_state: int = 64) -> HyenaOperator:
     the projections plays the shift SSM's part.
     """
     return HyenaOperator(dim, max_len=max_len, order=2, filter="s4d", d_state=d_state)
-
-
-def recall_targets_everywhere(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Associative recall with a target at every repeated key, not only the last.
-
-    ``minimodels.data.associative_recall`` asks one question per sequence (the
-    last key). Here every key that already appeared earlier also asks for its
-    value (next token), as in multi-query recall (Arora et al., "Zoology",
-    2023, arXiv:2312.04927): the same task, ~n/3 times more signal per example.
-    x, y: (b n) with pairs at positions (0, 1), (2, 3), ... -> (x, new y).
-    """
-    check_ndim("x", x, 2, "b n")
-    keys, values = x[:, :-1:2], x[:, 1::2]  # (b p)
-    seen = (keys[:, :, None] == keys[:, None, :]).tril(-1).any(-1)  # (b p)
-    y = y.clone()
-    y[:, :-1:2] = torch.where(seen, values, y[:, :-1:2])
-    return x, y

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from minimodels.conv import toeplitz
-from minimodels.data import IGNORE, associative_recall
 from minimodels.hyena import (
     FILTERS,
     HyenaConfig,
@@ -15,7 +14,6 @@ from minimodels.hyena import (
     h3_as_hyena,
     hyena_matrix,
     hyena_recurrence,
-    recall_targets_everywhere,
 )
 from minimodels.lm import LM, mixer_factory
 from minimodels.testing import assert_causal, assert_same
@@ -187,24 +185,16 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     assert "crossover" in data["results"] and "environment" in data
 
     out = tmp_path / "recall.json"
-    argv = "recall --lengths 33 --vocab 10 --steps 2 --dim 16 --dense --depth 1"
+    argv = "recall --lengths 10 --vocabs 8 --steps 2 --dim 16 --dense --val-size 8"
     bench_hyena.main(
-        [*argv.split(), "--mixers", "hyena", "attention", "--out", str(out)]
+        [*argv.split(), "--mixers", "hyena", "h3", "attention:2", "--out", str(out)]
     )
     rows = json.loads(out.read_text())["results"]["rows"]
-    assert {r["mixer"] for r in rows} == {"hyena", "attention"}
+    assert [(r["mixer"], r["depth"], r["n"]) for r in rows] == [
+        ("hyena", 1, 11),
+        ("h3", 1, 11),
+        ("attention", 2, 11),
+    ]
     assert all(0 <= r["acc"] <= 1 for r in rows)
-
-
-def test_recall_targets_everywhere():
-    x, y = associative_recall(50, 21, 8, seed=3)
-    x2, y2 = recall_targets_everywhere(x, y)
-    assert torch.equal(x2, x) and torch.equal(y2[:, -1], y[:, -1])
-    for row_x, row_y in zip(x, y2):
-        for t in range(0, 20, 2):
-            earlier = row_x[:t:2].tolist()
-            if row_x[t].item() in earlier:
-                assert row_y[t] == row_x[t + 1]
-            else:
-                assert row_y[t] == IGNORE
-        assert torch.all(row_y[1:-1:2] == IGNORE)
+    with pytest.raises(ValueError, match="mixers"):
+        bench_hyena.main([*argv.split(), "--mixers", "rwkv", "--out", str(out)])
