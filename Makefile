@@ -2,6 +2,7 @@
 #              the book built with warnings as errors, and the site checked in a browser
 # make book  : build the HTML site (fully offline) and print where to open it
 # make lab   : open the chapters in JupyterLab
+# make bench : run every benchmark at its CPU size (JSON under _build/bench)
 # make clean : remove what the build made
 #
 # TORCH picks the PyTorch wheel: plain `torch` gets the default (CUDA) build; CI
@@ -62,7 +63,7 @@ lab: notebooks
 	$(BIN)/jupyter lab notebooks/
 
 bench: install
-	$(PY) -m benchmarks
+	TRITON_INTERPRET=1 $(PY) -m benchmarks --all --out-dir _build/bench
 
 clean:
 	rm -rf _build notebooks _toc.yml _config.yml
