@@ -55,7 +55,7 @@ __all__ = [
     "S4DMixer",
     "ssm_param_groups",
     "remember_first",
-    "half_density",
+    "moving_average_sign",
 ]
 
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -351,43 +351,23 @@ def remember_first(
     return x, y
 
 
-HALF_DENSITY_VOCAB = 5  # bits 0 and 1, the query 2, the answers 3 (sparse), 4 (dense)
-
-
-def half_density(
-    num_examples: int,
-    seq_len: int,
-    *,
-    low: float = 0.25,
-    high: float = 0.75,
-    seed: int = 0,
+def moving_average_sign(
+    num_examples: int, seq_len: int, *, tau: float = 256.0, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """A long-range task that needs *where* as well as *what*: ``seq_len - 1``
-    random bits, then a query; say whether the first half of the bits was sparse
-    (answer 3) or dense (answer 4).
+    """A long-range task whose answer is itself an SSM: random bits b_k, and at
+    every position k the target says whether the exponential moving average of the
+    signs s_k = 2 b_k - 1 with time constant ``tau`` is positive (1) or not (0):
 
-    Each half draws its own rate of ones, ``low`` or ``high`` with equal odds, so
-    the second half is a distractor of the same kind. A model that cannot tell
-    positions apart sees only the overall rate, which settles the answer only when
-    both halves agree: it is capped at 75% accuracy. Targets are -100 except at
-    the last position; the vocabulary has ``HALF_DENSITY_VOCAB`` = 5 tokens.
+        y_k = [ sum_j K̄_j s_{k-j} > 0 ],  K̄_j = (1 - e^{-1/tau}) e^{-j/tau},
+
+    the kernel of one real mode (A = -1, B = 1, C = 1) with ZOH step Δ = 1/tau.
+    Tokens and answers are 0 and 1 (a vocabulary of 2); every position is scored.
     """
-    check_positive(num_examples=num_examples)
-    check(seq_len >= 3, f"seq_len must be >= 3, got {seq_len}")
-    check(0 <= low < high <= 1, f"need 0 <= low < high <= 1, got {low}, {high}")
+    check_positive(num_examples=num_examples, seq_len=seq_len, tau=tau)
     g = torch.Generator().manual_seed(seed)
-    dense = torch.rand(num_examples, 2, generator=g) < 0.5  # per half
-    rate = torch.where(dense, high, low)
-    first = (seq_len - 1) // 2
-    rates = torch.cat(
-        (
-            rate[:, :1].expand(-1, first),
-            rate[:, 1:].expand(-1, seq_len - 1 - first),
-        ),
-        dim=1,
-    )
-    bits = (torch.rand(num_examples, seq_len - 1, generator=g) < rates).long()
-    x = torch.cat((bits, torch.full((num_examples, 1), 2)), dim=1)
-    y = torch.full_like(x, -100)
-    y[:, -1] = 3 + dense[:, 0].long()
-    return x, y
+    x = torch.randint(0, 2, (num_examples, seq_len), generator=g)
+    one = torch.full((1, 1), complex(-1.0, 0.0), dtype=torch.complex128)
+    dt = torch.tensor([1.0 / tau], dtype=torch.float64)
+    K = ssm_kernel(one, torch.ones_like(one), one.real.neg() / 2, dt, seq_len)
+    ema = fft_conv((2 * x - 1).double()[:, None], K[0])[:, 0]
+    return x, (ema > 0).long()

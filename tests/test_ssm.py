@@ -9,7 +9,7 @@ from minimodels.ssm import (
     S4DMixer,
     discretize_bilinear,
     discretize_zoh,
-    half_density,
+    moving_average_sign,
     remember_first,
     s4d_init,
     ssm_kernel,
@@ -311,17 +311,18 @@ def test_remember_first_task():
         remember_first(5, 30, 2)
 
 
-def test_half_density_task():
-    x, y = half_density(400, 101, seed=3)
-    assert x.shape == y.shape == (400, 101)
-    assert (x[:, :-1] <= 1).all() and (x[:, -1] == 2).all()
-    assert (y[:, :-1] == -100).all() and set(y[:, -1].tolist()) == {3, 4}
-    first = x[:, :50].float().mean(1)
-    dense = y[:, -1] == 4
-    assert first[dense].mean() > 0.65 and first[~dense].mean() < 0.35
-    # the overall rate alone gets at most about 75%: the halves disagree half the time
-    overall = x[:, :-1].float().mean(1)
-    agree = ((overall > 0.5) == dense).float().mean()
-    assert 0.6 < agree < 0.9
-    with pytest.raises(ValueError, match="low"):
-        half_density(4, 11, low=0.8, high=0.2)
+def test_moving_average_sign_task():
+    x, y = moving_average_sign(6, 301, tau=20.0, seed=3)
+    assert x.shape == y.shape == (6, 301)
+    assert set(x.unique().tolist()) == {0, 1} and set(y.unique().tolist()) == {0, 1}
+    # the same moving average, as a plain loop: m_k = e^{-1/tau} m_{k-1} + (1 - ..)s_k
+    a = math.exp(-1 / 20.0)
+    m, ys = torch.zeros(6, dtype=torch.float64), []
+    for s_k in (2 * x - 1).double().unbind(1):
+        m = a * m + (1 - a) * s_k
+        ys.append((m > 0).long())
+    assert torch.equal(torch.stack(ys, 1), y)
+    x2, y2 = moving_average_sign(6, 301, tau=20.0, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match="tau"):
+        moving_average_sign(4, 11, tau=0.0)
