@@ -24,7 +24,7 @@ O(N d n log n); materialized, (2) costs O(d n^2). The filters are implicit
 
 PositionalEncoding(t) = [t, cos(2π f t'/L), -sin(2π f t'/L)] at (emb_dim - 1)/2
 frequencies f, FFN = Linear, then (Linear, Sin) layers with a Sin activation
-sin(w x) of learned frequency w, and Window(t) = exp(-|δ_c| t) + shift, a fixed
+sin(w x) of learned frequency w, and Window(t) = exp(-abs(δ_c) t) + shift, a fixed
 exponential decay whose rate δ_c differs per channel (fast to slow). The filters
 are generated at ``max_len`` positions; a shorter input uses their prefix, so a
 filter is the same function of the lag at every input length.
@@ -162,7 +162,7 @@ class PositionalEmbedding(nn.Module):
 
 
 class ExponentialModulation(nn.Module):
-    """Window(t) = exp(-|δ_c| t) + shift, rates δ_c from log(target)/slow_decay_pct
+    """Window(t) = exp(-abs(δ_c) t) + shift, rates δ_c from log(target)/slow_decay_pct
     to log(target)/fast_decay_pct across channels; fixed (not trained)."""
 
     def __init__(
