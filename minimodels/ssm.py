@@ -23,8 +23,10 @@ The recurrence and the convolution it unrolls to (K̄ is the SSM kernel):
 modes come in conjugate pairs; only one of each pair is stored and "2 Re" adds the
 other, so a state size N (``d_state``) stores N/2 complex modes.
 
-Initializations, A_n = -1/2 + i·ω_n (n = 0 .. N/2 - 1):
+Initializations, A_n = -1/2 + i·ω_n (n = 0 .. N/2 - 1)::
+
     S4D-Lin: ω_n = π n;    S4D-Inv: ω_n = (N/π) (N/(2n+1) - 1).
+
 log Δ ~ U[log Δ_min, log Δ_max], B = 1, C ~ CN(0, 1), D ~ N(0, 1). Re A stays
 negative (A = -exp(log_A_real) + i A_imag). A, B and Δ train at lr 1e-3 with no
 weight decay (their ``_optim`` attribute, honoured by ``minimodels.train``).
