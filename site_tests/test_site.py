@@ -40,7 +40,8 @@ def _pages() -> list[Path]:
     manifest = _manifest()
     landing = Path(manifest["book"]["landing"]).with_suffix(".html").name
     chapters = [Path(c["file"]).with_suffix(".html") for c in manifest["chapters"]]
-    return [HTML / landing, *(HTML / c for c in chapters)]
+    back = [Path(f).with_suffix(".html") for f in manifest["book"]["back_matter"]]
+    return [HTML / landing, *(HTML / c for c in chapters), *(HTML / b for b in back)]
 
 
 def _open(page: Path) -> tuple[str, list[str]]:
@@ -126,3 +127,24 @@ def test_chapter_pages_show_figures():
     first_chapter = _pages()[1]
     dom, _ = _open(first_chapter)
     assert re.search(r'<img[^>]+src="[^"]+\.png"', dom), "chapter 0 shows no figure"
+
+
+def test_api_index_documents_every_chapter_module():
+    dom, _ = _open(HTML / "api.html")
+    for chapter in _manifest()["chapters"]:
+        assert f'id="module-{chapter["module"]}"' in dom, chapter["module"]
+    assert 'id="minimodels.attention.attention_naive"' in dom  # a function's entry
+
+
+def test_bibliography_lists_the_papers():
+    dom, _ = _open(HTML / "bibliography.html")
+    text = re.sub(r"<[^>]+>", "", dom)
+    for title in (
+        "Hyena Hierarchy",
+        "Hungry Hungry Hippos",
+        "LongNet",
+        "FlashAttention",
+    ):
+        assert title in text, title
+    entries = (ROOT / _manifest()["book"]["bibliography"]).read_text().count("\n@")
+    assert text.count("arXiv preprint") >= entries
