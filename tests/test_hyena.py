@@ -19,6 +19,15 @@ from minimodels.lm import LM, mixer_factory
 from minimodels.testing import assert_causal, assert_same
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These shapes are tiny: a second thread only waits (badly, on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _op(dim: int = 8, max_len: int = 32, **options) -> HyenaOperator:
     torch.manual_seed(0)
     return HyenaOperator(dim, max_len=max_len, **options).double()
