@@ -295,6 +295,7 @@ def speed(
     batch_size: int = 1,
     vocab_size: int = 256,
     depth: int = 2,
+    warmup: int = 1,
     repeats: int = 3,
     device: str | torch.device = "cpu",
 ) -> list[dict]:
@@ -310,6 +311,6 @@ def speed(
         def step(model: nn.Module = model, ids: Tensor = ids) -> None:
             model(ids).float().logsumexp(-1).mean().backward()
 
-        measured = bench.measure(step, device=device, repeats=repeats)
+        measured = bench.measure(step, device=device, warmup=warmup, repeats=repeats)
         rows.append({"contender": name, "n": n, **measured})
     return rows
