@@ -1,5 +1,6 @@
-"""Test settings: Triton kernels run in the interpreter without a GPU, and tests
-marked ``gpu`` are skipped there."""
+"""Test settings: Triton kernels run in the interpreter without a GPU, tests
+marked ``gpu`` are skipped there, and CPU tests run on one thread (their tensors
+are tiny: a second thread mostly waits, and on a busy machine it spins)."""
 
 import os
 
@@ -9,6 +10,7 @@ import torch
 if not torch.cuda.is_available():
     # Must be set before Triton builds any kernel (at import of the kernel module).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
