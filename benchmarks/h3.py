@@ -64,16 +64,6 @@ def fwd_bwd(
     return run
 
 
-def _time(fn: Callable[[], None], device: str, repeats: int) -> float | None:
-    try:
-        return bench.time_fn(fn, warmup=1, repeats=repeats, device=device)["median_s"]
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for n in args.lengths:
@@ -86,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, module in pair.items():
             module = module.to(args.device)
             fn = fwd_bwd(module, batch, n, args.dim, args.device, args.autocast)
-            seconds = _time(fn, args.device, args.repeats)
+            seconds = bench.median_or_oom(fn, device=args.device, repeats=args.repeats)
             row[f"{name}_s"] = seconds
             row[f"{name}_tokens_per_s"] = batch * n / seconds if seconds else None
             del module, fn

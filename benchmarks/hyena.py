@@ -79,16 +79,6 @@ def crossover(rows: Sequence[dict[str, Any]]) -> int | None:
     return found
 
 
-def _time(fn: Callable[[], None], device: str, repeats: int) -> float | None:
-    try:
-        return bench.time_fn(fn, warmup=1, repeats=repeats, device=device)["median_s"]
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     dtype = DTYPES[args.dtype]
     rows = []
@@ -98,7 +88,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         for name, module in make_pair(args.dim, n, heads=args.heads).items():
             module = module.to(args.device, dtype)
             fn = fwd_bwd(module, args.batch, n, args.dim, args.device, dtype)
-            row[f"{name}_s"] = _time(fn, args.device, args.repeats)
+            row[f"{name}_s"] = bench.median_or_oom(
+                fn, device=args.device, repeats=args.repeats
+            )
             del module, fn
         a, h = row["attention_s"], row["hyena_s"]
         row["speedup"] = a / h if a is not None and h is not None else None

@@ -28,6 +28,7 @@ from minimodels._util import check, check_positive
 __all__ = [
     "environment",
     "time_fn",
+    "median_or_oom",
     "peak_memory",
     "peak_tensor_bytes",
     "measure",
@@ -90,6 +91,21 @@ def time_fn(
         _sync(device)
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times)}
+
+
+def median_or_oom(
+    fn: Callable[[], Any], *, device: str | torch.device = "cpu", repeats: int = 5
+) -> float | None:
+    """Median seconds of ``fn()``, or None when the device runs out of memory (a
+    long-sequence benchmark row that does not fit is a result, not a crash)."""
+    device = torch.device(device)
+    try:
+        return time_fn(fn, warmup=1, repeats=repeats, device=device)["median_s"]
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") -> int:

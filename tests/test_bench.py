@@ -52,3 +52,12 @@ def test_sweep_and_save_json(tmp_path):
     assert data["results"] == rows
     assert {"device", "torch", "date"} <= set(data["environment"])
     assert bench.load_json(path) == data
+
+
+def test_median_or_oom_times_or_reports_none():
+    assert bench.median_or_oom(lambda: torch.ones(10), repeats=1) > 0
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("no room")
+
+    assert bench.median_or_oom(out_of_memory, repeats=1) is None
