@@ -2,14 +2,27 @@
 
 The library behind the minimodels textbook. Each module is one idea of the book:
 
-- ``minimodels.attention``: softmax attention, the reference mixer;
-- ``minimodels.lm``: a language model that takes any sequence mixer;
-- ``minimodels.data``: synthetic tasks and offline text corpora;
-- ``minimodels.train``: a small deterministic trainer;
-- ``minimodels.bench``: timing and memory helpers.
+- ``minimodels.attention``: softmax attention, the reference mixer, and the
+  FlashAttention ladder in PyTorch (chapters 0 and 5);
+- ``minimodels.conv``: Toeplitz, FFT and Monarch convolutions (chapter 1);
+- ``minimodels.ssm``: S4D, a convolution and a recurrence (chapter 2);
+- ``minimodels.h3`` and ``minimodels.hyena``: gated long convolutions (3, 4);
+- ``minimodels.dilated``: LongNet's dilated attention (chapter 6);
+- ``minimodels.block_recurrent``: the Block-Recurrent Transformer (chapter 7);
+- ``minimodels.hierarchical``: hourglass and hierarchical transformers (8);
+- ``minimodels.bakeoff``: all of them at equal size on the same tasks (9);
+- ``minimodels.lm``, ``data``, ``train``, ``bench``, ``testing``: what they share;
+- ``minimodels.kernels.flash``: the Triton FlashAttention kernel (needs triton).
 
-Importing the package loads no data, prints nothing and sets no seed.
+The main classes are reachable from the top level (``minimodels.H3``); each is
+imported on first use, so ``import minimodels`` stays cheap, loads no data,
+prints nothing, sets no seed and does not need triton.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from minimodels import attention, bench, data, lm, train
 from minimodels.attention import MultiHeadAttention, attention_naive, attention_sdpa
@@ -17,6 +30,22 @@ from minimodels.lm import LM, mixer_factory
 from minimodels.train import TrainConfig
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it, imported on first access
+_LAZY = {
+    "fft_conv": "minimodels.conv",
+    "S4D": "minimodels.ssm",
+    "S4DMixer": "minimodels.ssm",
+    "H3": "minimodels.h3",
+    "HyenaOperator": "minimodels.hyena",
+    "HyenaConfig": "minimodels.hyena",
+    "DilatedAttention": "minimodels.dilated",
+    "LongNetTransformer": "minimodels.dilated",
+    "BlockRecurrentTransformer": "minimodels.block_recurrent",
+    "RecurrentTrainerWrapper": "minimodels.block_recurrent",
+    "HierarchicalTransformer": "minimodels.hierarchical",
+    "Hourglass": "minimodels.hierarchical",
+}
 
 __all__ = [
     "attention",
@@ -31,4 +60,17 @@ __all__ = [
     "attention_sdpa",
     "mixer_factory",
     "__version__",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'minimodels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
