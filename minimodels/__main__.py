@@ -49,7 +49,7 @@ def list_chapters() -> str:
         chapter = int(Path(entry["file"]).name.split("-")[0])
         run = f"run {contenders[chapter]}" if chapter in contenders else ""
         title, module = entry["title"], entry["module"]
-        lines.append(f"{chapter:2d}  {title:32s} {module:30s} {run}")
+        lines.append(f"{chapter:2d}  {title:32s} {module:30s} {run}".rstrip())
     return "\n".join(lines)
 
 
