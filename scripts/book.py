@@ -37,6 +37,11 @@ def load_manifest(root: Path = ROOT) -> dict:
     return manifest
 
 
+def chapter_number(chapter: dict) -> int:
+    """The NN of a manifest entry's ``chapters/NN-topic.md``."""
+    return int(Path(chapter["file"]).name.split("-")[0])
+
+
 def _yaml(value: object, indent: int = 0) -> str:
     """A tiny YAML writer for dicts, lists and scalars (JSON scalars are YAML)."""
     pad = "  " * indent
@@ -130,7 +135,7 @@ def library_modules(root: Path = ROOT) -> list[str]:
 def api_page(manifest: dict, root: Path = ROOT) -> str:
     chapter_of = {}
     for c in manifest["chapters"]:
-        chapter_of.setdefault(c["module"], int(Path(c["file"]).name[:2]))
+        chapter_of.setdefault(c["module"], chapter_number(c))
     lines = [
         "# The minimodels API",
         "",
@@ -156,7 +161,7 @@ def api_page(manifest: dict, root: Path = ROOT) -> str:
 def chapter_list(manifest: dict) -> str:
     lines = []
     for c in manifest["chapters"]:
-        number = int(Path(c["file"]).name[:2])
+        number = chapter_number(c)
         lines.append(f"- {number}. [{c['title']}]({c['file']}) — `{c['module']}`")
     return "\n".join(lines)
 
