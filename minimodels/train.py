@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minimodels._util import check, check_positive
+from minimodels._util import check, check_positive, default
 from minimodels.data import IGNORE
 
 __all__ = ["TrainConfig", "History", "train", "evaluate", "param_groups", "lr_at"]
@@ -129,18 +129,24 @@ def _loss_and_correct(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Data, batch_size: int = 64, batches: int = 4, seed: int = 1
+    model: nn.Module,
+    data: Data,
+    batch_size: int = 64,
+    batches: int | None = 4,
+    seed: int = 1,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over ``batches`` batches (all of a tensor dataset
-    when it is smaller than that)."""
+    """Mean loss and accuracy over ``batches`` batches drawn from a function, or
+    over the first ``batches`` batches of a tensor dataset (all of it when
+    ``batches`` is None)."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
     if callable(data):
-        chunks = [data(batch_size, g) for _ in range(batches)]
+        chunks = [data(batch_size, g) for _ in range(default(batches, 4))]
     else:
         x, y = data
-        chunks = list(zip(x.split(batch_size), y.split(batch_size)))[:batches]
+        chunks = list(zip(x.split(batch_size), y.split(batch_size)))
+        chunks = chunks if batches is None else chunks[:batches]
     total_loss, correct, count = 0.0, 0, 0
     for x, y in chunks:
         loss, c, n = _loss_and_correct(model, x, y)
@@ -185,9 +191,9 @@ def train(
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            val_loss, val_acc = evaluate(
-                model, val_data, config.batch_size, config.eval_batches
-            )
+            # a tensor validation set is scored whole: every question counts
+            batches = config.eval_batches if callable(val_data) else None
+            val_loss, val_acc = evaluate(model, val_data, config.batch_size, batches)
             history.step.append(step + 1)
             history.train_loss.append(loss.item())
             history.val_loss.append(val_loss)

@@ -1,0 +1,82 @@
+"""The experiment harness: resumable, parallel, provenance, honest selection."""
+
+import json
+import random
+
+import pytest
+
+from minimodels import experiments
+
+
+def square(cell: dict) -> dict:
+    """A stand-in for a training run: deterministic in its cell."""
+    score = 1.0 - (cell["lr"] - 0.01) ** 2 * 1e3 + 0.01 * cell["seed"]
+    return {"val": score, "test": score - 0.001}
+
+
+CELLS = [
+    {"contender": c, "seed": s, "lr": lr}
+    for c in ("a", "b")
+    for s in (0, 1, 2)
+    for lr in (0.003, 0.01, 0.03)
+]
+
+
+def test_rows_follow_cells_and_carry_provenance(tmp_path):
+    out = tmp_path / "grid.json"
+    rows = experiments.run_grid(square, CELLS, out=out, progress=False)
+    assert [{k: r[k] for k in CELLS[0]} for r in rows] == CELLS
+    stored = experiments.load(out)
+    assert stored["rows"] == rows
+    for field in ("command", "commit", "torch", "python", "cpu", "threads", "date"):
+        assert field in stored["provenance"]
+
+
+def test_resumes_without_rerunning(tmp_path):
+    out = tmp_path / "grid.json"
+    experiments.run_grid(square, CELLS[:4], out=out, progress=False)
+    data = json.loads(out.read_text())
+    data["rows"][0]["val"] = -123.0  # a finished cell must be reused, not re-run
+    out.write_text(json.dumps(data))
+    rows = experiments.run_grid(square, CELLS, out=out, progress=False)
+    assert rows[0]["val"] == -123.0
+    assert len(rows) == len(CELLS)
+    assert rows[5] == {**CELLS[5], **square(CELLS[5])}
+
+
+def test_parallel_equals_serial(tmp_path):
+    serial = experiments.run_grid(square, CELLS[:6], progress=False)
+    parallel = experiments.run_grid(square, CELLS[:6], processes=2, progress=False)
+    assert parallel == serial
+
+
+def test_tune_picks_the_best_mean_on_the_selection_metric():
+    rows = experiments.run_grid(square, CELLS, progress=False)
+    kept = experiments.tune(rows, select="val")
+    assert {r["lr"] for r in kept} == {0.01}
+    assert len(kept) == 6  # 2 contenders x 3 seeds
+    summary = experiments.summarize(kept, "test")
+    assert [s["contender"] for s in summary] == ["a", "b"]
+    for s in summary:
+        assert s["seeds"] == [0, 1, 2]
+        assert s["min"] <= s["mean"] <= s["max"]
+        assert s["min"] == pytest.approx(1.0 - 0.001)
+
+
+def test_spot_check_reruns_a_stored_cell():
+    rows = experiments.run_grid(square, CELLS, progress=False)
+    stored, live = experiments.spot_check(
+        square, rows, ["contender", "seed", "lr"], rng=random.Random(3)
+    )
+    assert stored in rows
+    assert live == stored
+
+
+def test_metrics_may_not_overwrite_the_cell():
+    with pytest.raises(ValueError, match="lr"):
+        experiments.run_grid(lambda c: {"lr": 1}, CELLS[:1], progress=False)
+
+
+def test_cells_must_be_distinct():
+    with pytest.raises(ValueError, match="distinct"):
+        experiments.run_grid(square, CELLS[:1] * 2, progress=False)
