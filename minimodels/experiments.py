@@ -200,10 +200,8 @@ def tune(
     kept = []
     for group in _group(rows, by).values():
         per_knob = _group(group, [knob])
-        sign = 1 if higher_is_better else -1
-        best = max(
-            per_knob, key=lambda k: sign * statistics.fmean(r[select] for r in per_knob[k])
-        )
+        means = {k: statistics.fmean(r[select] for r in g) for k, g in per_knob.items()}
+        best = (max if higher_is_better else min)(means, key=means.__getitem__)
         kept += per_knob[best]
     return kept
 
