@@ -36,8 +36,9 @@ def attention_flops(batch: int, heads: int, n: int, d: int, causal: bool, mode: 
 def _providers(device: str) -> dict[str, Callable[..., torch.Tensor]]:
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels exist
-    from minimodels.kernels.flash import flash_attention
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from minimodels.kernels.flash import flash_attention
 
     def sdpa(backend: SDPBackend) -> Callable[..., torch.Tensor]:
         def run(q, k, v, causal):

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
 from minimodels.attention import RotaryEmbedding
-from minimodels.lm import MLP, sample_logits
+from minimodels.lm import MLP, init_embedding, sample_logits
 
 __all__ = [
     "attend",
@@ -413,7 +413,7 @@ class BlockRecurrentTransformer(nn.Module):
         self.ffs = nn.ModuleList(MLP(dim, ff_mult) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.to_logits = nn.Linear(dim, num_tokens, bias=False)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        init_embedding(self.embed)
 
     def _check_memories(self, mems: list[Tensor], b: int) -> None:
         check(

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
 from minimodels.attention import RotaryEmbedding
+from minimodels.lm import init_embedding
 
 __all__ = [
     "Branch",
@@ -456,7 +457,7 @@ class LongNetTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_tokens, bias=False)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        init_embedding(self.embed)
 
     def forward(self, tokens: Tensor) -> Tensor:  # tokens: (b n) -> (b n v)
         check_ndim("tokens", tokens, 2, "b n")

@@ -45,7 +45,7 @@ from minimodels.attention import (
     attention_naive,
     attention_sdpa,
 )
-from minimodels.lm import Block
+from minimodels.lm import Block, init_embedding
 
 __all__ = [
     "shift_right",
@@ -198,6 +198,7 @@ class Hourglass(nn.Module):
         self.shorten = Shorten(dim, factor, shift=shift)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_tokens, bias=False)
+        init_embedding(self.embed)
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
         check_ndim("ids", ids, 2, "b n")
@@ -394,7 +395,7 @@ class HierarchicalTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dims[self.predict])
         self.to_logits = nn.Linear(dims[self.predict], num_tokens, bias=False)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
+        init_embedding(self.token_emb)
 
     def _logits(self, ids: Tensor) -> Tensor:
         check_ndim("ids", ids, 2, "b n")

@@ -124,7 +124,7 @@ def library_modules(root: Path = ROOT) -> list[str]:
     names = []
     for package, folder in (
         ("minimodels", "minimodels"),
-        ("minimodels.kernels", "kernels"),
+        ("minimodels.kernels", "minimodels/kernels"),
     ):
         for info in pkgutil.iter_modules([str(root / folder)]):
             if not info.name.startswith("_"):

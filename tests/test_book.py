@@ -101,7 +101,7 @@ def test_every_cited_arxiv_id_is_in_the_bibliography():
     bib = (ROOT / MANIFEST["book"]["bibliography"]).read_text()
     in_bib = set(re.findall(r"eprint = \{(\d{4}\.\d{4,5})\}", bib))
     sources = [ROOT / "intro.md", *ROOT.glob("chapters/*.md")]
-    sources += [*ROOT.glob("minimodels/*.py"), *ROOT.glob("kernels/*.py")]
+    sources += [*ROOT.glob("minimodels/*.py"), *ROOT.glob("minimodels/kernels/*.py")]
     sources += [*ROOT.glob("benchmarks/*.py")]
     for path in sources:
         for arxiv_id in re.findall(r"arXiv:(\d{4}\.\d{4,5})", path.read_text()):
@@ -113,7 +113,7 @@ def test_back_matter_and_api_index_cover_the_library():
     back = [c["file"] for c in toc["parts"][-1]["chapters"]]
     assert back == [f.removesuffix(".md") for f in MANIFEST["book"]["back_matter"]]
     page = book.api_page(MANIFEST)
-    for path in [*ROOT.glob("minimodels/*.py"), *ROOT.glob("kernels/*.py")]:
+    for path in [*ROOT.glob("minimodels/*.py"), *ROOT.glob("minimodels/kernels/*.py")]:
         if not path.stem.startswith("_"):
             package = (
                 "minimodels"

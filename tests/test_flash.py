@@ -10,14 +10,13 @@ import torch
 
 pytest.importorskip("triton")
 
+from minimodels.attention import attention_naive, online_softmax_forward  # noqa: E402
 from minimodels.kernels.flash import (  # noqa: E402
     flash_attention,
     flash_backward,
     flash_forward,
     flash_forward_block,
 )
-
-from minimodels.attention import attention_naive, online_softmax_forward  # noqa: E402
 from minimodels.testing import assert_same  # noqa: E402
 
 CUDA = torch.cuda.is_available()

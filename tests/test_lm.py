@@ -8,11 +8,20 @@ from minimodels.lm import LM, count_parameters, mixer_factory
 from minimodels.testing import assert_causal
 
 
-def test_logits_shape_and_tied_head():
+def test_logits_shape_and_head_untied_by_default():
     model = LM(vocab_size=20, dim=32, depth=2)
     logits = model(torch.randint(0, 20, (3, 7)))
     assert logits.shape == (3, 7, 20)
-    assert model.head.weight is model.embed.weight
+    assert model.head.weight is not model.embed.weight
+    tied = LM(vocab_size=20, dim=32, depth=2, tie_weights=True)
+    assert tied.head.weight is tied.embed.weight
+
+
+@pytest.mark.parametrize("dim", [16, 64, 256])
+def test_embedding_init_scales_with_the_width(dim):
+    torch.manual_seed(0)
+    std = LM(vocab_size=512, dim=dim, depth=1).embed.weight.std().item()
+    assert abs(std - (2 / dim) ** 0.5) < 0.1 * (2 / dim) ** 0.5
 
 
 def test_lm_is_causal():
