@@ -1,0 +1,132 @@
+"""S4D against attention on the sign of a slow moving average (chapter 2).
+
+The task is ``minimodels.ssm.moving_average_sign`` (random bits, at every
+position the sign of their exponential moving average with tau = 256), at
+length 4096. Each contender is a one-block ``LM`` of width 32 (about 8,200
+parameters either way): S4D (``d_state=16``) or causal softmax attention (2
+heads, rotary). Both train for the same 80 steps of 2 fresh sequences with the
+book's trainer, over a small grid of learning rates and three seeds. The
+learning rate is chosen on a validation set (32 sequences, seed 12345); the
+test set (128 sequences, seed 54321, 524,288 scored positions) only scores.
+
+    python -m benchmarks.ssm_longrange   # -> figures/data/ssm_longrange_cpu.json
+
+``--toy`` runs a tiny grid (length 64, 3 steps) for the tests. Every cell is
+one thread; the file records provenance and resumes (``minimodels.experiments``).
+For S4D, the learning rate of the grid is that of every parameter but A, B and
+Δ, which train at 1e-3 with no weight decay (the S4D code's convention,
+``S4D(lr=1e-3)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minimodels import bench, experiments, ssm
+from minimodels.lm import LM, count_parameters, mixer_factory
+from minimodels.train import TrainConfig, evaluate, train
+
+CONTENDERS = ("s4d", "attention")
+LRS = (1e-3, 3e-3, 1e-2)
+SEEDS = (0, 1, 2)
+VAL_SEED, TEST_SEED = 12345, 54321
+FULL = dict(seq_len=4096, steps=80, val_sequences=32, test_sequences=128)
+TOY = dict(seq_len=64, steps=3, val_sequences=2, test_sequences=2)
+CELL_NAMES = ("contender", "seed", "lr", *FULL)
+OUT = Path("figures/data/ssm_longrange_cpu.json")
+
+
+def make_model(contender: str) -> LM:
+    """The chapter's one-block models, width 32, MLP 2x, vocabulary 2."""
+    mixers = {
+        "s4d": mixer_factory("s4d", d_state=16),
+        "attention": mixer_factory("attention", heads=2),
+    }
+    return LM(2, 32, 1, mixers[contender], mlp_mult=2)
+
+
+class FreshSequences:
+    """Training data: fresh sequences at every step, seeded by the trainer."""
+
+    def __init__(self, seq_len: int) -> None:
+        self.seq_len = seq_len
+
+    def __call__(self, batch: int, generator: torch.Generator):
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+        return ssm.moving_average_sign(batch, self.seq_len, seed=seed)
+
+
+def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train one contender at one learning rate and seed; score val and test."""
+    n = cell["seq_len"]
+    val = ssm.moving_average_sign(cell["val_sequences"], n, seed=VAL_SEED)
+    test = ssm.moving_average_sign(cell["test_sequences"], n, seed=TEST_SEED)
+    config = TrainConfig(
+        steps=cell["steps"], batch_size=2, lr=cell["lr"], warmup=10,
+        eval_every=cell["steps"], seed=cell["seed"], progress=False,
+    )  # fmt: skip
+    torch.manual_seed(cell["seed"])
+    model = make_model(cell["contender"])
+    start = time.process_time()
+    history = train(model, FreshSequences(n), val, config)
+    test_loss, test_acc = evaluate(model, test, batch_size=4, batches=None)
+    return {
+        "val_acc": history.final_acc,
+        "val_loss": history.final_loss,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "parameters": count_parameters(model),
+        "cpu_seconds": time.process_time() - start,
+    }
+
+
+def cells(size: dict[str, int] = FULL) -> list[dict[str, Any]]:
+    return [
+        {"contender": c, "seed": s, "lr": lr, **size}
+        for c in CONTENDERS
+        for s in SEEDS
+        for lr in LRS
+    ]
+
+
+def report(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Print the validation grid and the tuned test accuracies; return the latter."""
+    for c in CONTENDERS:
+        for lr in LRS:
+            accs = [r["val_acc"] for r in rows if r["contender"] == c and r["lr"] == lr]
+            print(f"{c:10s} lr {lr:g}: val " + " ".join(f"{a:.3f}" for a in accs))
+    tuned = experiments.tune(rows, select="val_acc", by=("contender",))
+    summary = experiments.summarize(tuned, "test_acc", by=("contender", "lr"))
+    for s in summary:
+        print(
+            f"{s['contender']:10s} best lr {s['lr']:g}: test mean {s['mean']:.3f}"
+            f" (min {s['min']:.3f}, max {s['max']:.3f}, seeds {s['seeds']})"
+        )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ssm_longrange",
+                                description=__doc__.split("\n")[0])  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help=f"JSON (default {OUT})")
+    p.add_argument("--toy", action="store_true", help="a tiny grid, for the tests")
+    p.add_argument("--processes", type=int, default=1)
+    args = p.parse_args(argv)
+    out = args.out or (None if args.toy else bench.figures_dir() / "data" / OUT.name)
+    command = "python -m benchmarks.ssm_longrange" + (" --toy" if args.toy else "")
+    rows = experiments.run_grid(
+        run_cell, cells(TOY if args.toy else FULL), out=out,
+        processes=args.processes, threads=1, command=command,
+        description="ssm_longrange",
+    )  # fmt: skip
+    report(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
