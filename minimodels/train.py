@@ -4,10 +4,14 @@ AdamW ("Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019,
 arXiv:1711.05101) with linear warm-up and cosine decay, gradient clipping, a tqdm
 progress bar, and evaluation of loss, accuracy and bits per token.
 
-Parameters may carry their own optimizer settings in an ``_optim`` attribute (a
-dict such as ``{"lr": 1e-3, "weight_decay": 0.0}``), the convention of the S4
-code base; they get a parameter group of their own. Otherwise matrices decay and
-vectors (biases, norms) do not.
+Parameters may have their own optimizer settings, declared by their module with
+``minimodels.optim.set_optim`` (the SSMs' A, B, Δ; Hyena's filters); they get a
+parameter group of their own. Otherwise matrices decay and vectors (biases,
+norms) do not.
+
+Every setting is checked when the config is made, and a loss that stops being
+finite stops training with an error (a learning rate too high for the model),
+instead of returning a history of NaNs.
 
 Data is either a pair of tensors ``(x, y)`` of shape (N, L) from which batches are
 drawn, or a function ``(batch_size, generator) -> (x, y)``.
@@ -25,10 +29,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minimodels._util import check, check_positive, default
+from minimodels._util import check, default
 from minimodels.data import IGNORE
+from minimodels.optim import param_groups
 
-__all__ = ["TrainConfig", "History", "train", "evaluate", "param_groups", "lr_at"]
+__all__ = [
+    "TrainConfig",
+    "History",
+    "NonFiniteLoss",
+    "train",
+    "evaluate",
+    "param_groups",
+    "lr_at",
+]
 
 Batch = tuple[Tensor, Tensor]
 Data = Batch | Callable[[int, torch.Generator], Batch]
@@ -48,9 +61,44 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr)
-        check_positive(eval_every=self.eval_every, eval_batches=self.eval_batches)
-        check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("warmup", self.warmup, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            _check_real(name, value)
+            check(value > 0, f"{name} must be > 0, got {value!r}")
+        _check_real("weight_decay", self.weight_decay)
+        check(
+            self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        check(
+            isinstance(self.progress, bool),
+            f"progress must be a bool, got {self.progress!r}",
+        )
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be an integer >= {minimum}, got {value!r}",
+    )
+
+
+def _check_real(name: str, value: object) -> None:
+    check(
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value),
+        f"{name} must be a finite number, got {value!r}",
+    )
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite (usually: the learning rate is
+    too high for this model)."""
 
 
 @dataclass
@@ -83,26 +131,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups: special ``_optim`` settings, decayed matrices, the rest."""
-    special: dict[tuple, list[nn.Parameter]] = {}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if hasattr(p, "_optim"):
-            special.setdefault(tuple(sorted(p._optim.items())), []).append(p)
-        else:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups += [{"params": ps, **dict(opts)} for opts, ps in special.items()]
-    return [g for g in groups if g["params"]]
 
 
 def _draw(data: Data, batch_size: int, g: torch.Generator) -> Batch:
@@ -186,6 +214,11 @@ def train(
             group["lr"] = base * scale
         x, y = _draw(train_data, config.batch_size, g)
         loss, _, _ = _loss_and_correct(model, x, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"{description}: the loss is {loss.item()} at step {step} "
+                f"(lr {config.lr}); try a lower learning rate"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -6,7 +7,15 @@ from torch import nn
 
 from minimodels.data import associative_recall
 from minimodels.lm import LM
-from minimodels.train import TrainConfig, evaluate, lr_at, param_groups, train
+from minimodels.optim import set_optim
+from minimodels.train import (
+    NonFiniteLoss,
+    TrainConfig,
+    evaluate,
+    lr_at,
+    param_groups,
+    train,
+)
 
 
 def _tiny_run(seed=0):
@@ -38,16 +47,55 @@ def test_schedule_warms_up_then_decays_to_ten_percent():
     assert lr_at(100, config) == pytest.approx(0.1)
 
 
-def test_param_groups_honour_optim_attribute():
-    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    special = nn.Parameter(torch.zeros(3))
-    special._optim = {"lr": 1e-3, "weight_decay": 0.0}
-    model.register_parameter("special", special)
+def _model_with_settings() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model.register_parameter("special", nn.Parameter(torch.zeros(3)))
+    set_optim(model, ["special"], lr=1e-3)
+    set_optim(model[2], lr=5e-4, weight_decay=0.01)  # every parameter of a child
+    return model
+
+
+def _groups_by_size(model: nn.Module) -> dict[int, dict]:
     groups = param_groups(model, 0.1)
-    by_size = {sum(p.numel() for p in g["params"]): g for g in groups}
-    assert by_size[16]["weight_decay"] == 0.1  # the weight matrix
-    assert by_size[12]["weight_decay"] == 0.0  # bias and norm
-    assert by_size[3] == {"params": [special], "lr": 1e-3, "weight_decay": 0.0}
+    return {
+        sum(p.numel() for p in g["params"]): {
+            k: v for k, v in g.items() if k != "params"
+        }
+        for g in groups
+    }
+
+
+def test_param_groups_honour_declared_settings():
+    groups = _groups_by_size(_model_with_settings())
+    assert groups[16] == {"weight_decay": 0.1}  # the first weight matrix
+    assert groups[12] == {"weight_decay": 0.0}  # its bias and the norm
+    assert groups[3] == {"lr": 1e-3, "weight_decay": 0.0}
+    assert groups[10] == {"lr": 5e-4, "weight_decay": 0.01}  # the child, 8 + 2
+
+
+@pytest.mark.parametrize(
+    "copy_model",
+    [
+        copy.deepcopy,
+        lambda m: m.to("meta").to_empty(device="cpu"),
+        lambda m: _load_into_fresh(m),
+    ],
+    ids=["deepcopy", "to_empty", "state_dict"],
+)
+def test_declared_settings_survive_copies(copy_model):
+    model = _model_with_settings()
+    assert _groups_by_size(copy_model(model)) == _groups_by_size(model)
+
+
+def _load_into_fresh(model: nn.Module) -> nn.Module:
+    fresh = _model_with_settings()
+    fresh.load_state_dict(copy.deepcopy(model.state_dict()))
+    return fresh
+
+
+def test_set_optim_names_a_missing_parameter():
+    with pytest.raises(ValueError, match="nope"):
+        set_optim(nn.Linear(2, 2), ["nope"], lr=1e-3)
 
 
 def test_evaluate_counts_only_targets():
@@ -57,6 +105,42 @@ def test_evaluate_counts_only_targets():
     assert 0 <= acc <= 1 and loss > 0
 
 
-def test_bad_config():
-    with pytest.raises(ValueError, match="steps"):
-        TrainConfig(steps=0)
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("steps", 0), ("steps", 2.5), ("batch_size", 0), ("eval_every", 0),
+        ("eval_batches", -1), ("warmup", -1), ("seed", -1), ("lr", 0.0),
+        ("lr", math.inf), ("lr", math.nan), ("weight_decay", -0.1),
+        ("weight_decay", math.inf), ("grad_clip", 0.0), ("grad_clip", -1.0),
+        ("grad_clip", math.inf), ("progress", "yes"), ("steps", True),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_a_diverging_loss_stops_training():
+    torch.manual_seed(0)
+    model = LM(8, 32, 1)
+    with torch.no_grad():
+        model.head.weight.fill_(math.inf)  # the first loss is not finite
+    data = associative_recall(64, 9, 8, seed=0)
+    config = TrainConfig(steps=5, batch_size=8, eval_every=5, progress=False)
+    with pytest.raises(NonFiniteLoss, match="learning rate"):
+        train(model, data, data, config)
+
+
+def test_tensor_validation_sets_are_scored_whole():
+    torch.manual_seed(0)
+    model = LM(8, 16, 1)
+    x, y = associative_recall(1000, 9, 8, seed=3)
+    whole = evaluate(model, (x, y), batch_size=64, batches=None)
+    by_hand = evaluate(model, (x, y), batch_size=1000, batches=1)
+    assert whole == pytest.approx(by_hand)
+    config = TrainConfig(steps=1, batch_size=64, eval_batches=1, progress=False)
+    history = train(model, (x, y), (x, y), config)
+    # eval_batches=1 would have scored 64 questions; all 1,000 are scored
+    assert history.val_acc[-1] * 1000 == pytest.approx(
+        round(history.val_acc[-1] * 1000)
+    )
