@@ -81,7 +81,13 @@ def associative_recall(
     y = torch.full_like(x, IGNORE)
     y[:, -1] = values.gather(1, query)[:, 0]
     if multi_query:
-        seen_before = (keys[:, :, None] == keys[:, None, :]).tril(-1).any(-1)
+        # a key was seen before pair i when its first occurrence is earlier: one
+        # scatter over (N, keys) instead of an (N, L/2, L/2) comparison
+        position = torch.arange(n_pairs).expand(num_examples, n_pairs)
+        first = torch.full((num_examples, n_keys), n_pairs).scatter_reduce(
+            1, keys, position, "amin"
+        )
+        seen_before = first.gather(1, keys) < position
         answers = torch.where(seen_before, pairs[:, 1::2], IGNORE)
         y[:, 0:-1:2] = answers
     return x, y
@@ -134,7 +140,7 @@ def selective_copying(
     x.scatter_(1, slots, data)
     x[:, body:] = marker
     y = torch.full_like(x, IGNORE)
-    y[:, body - 1 : seq_len - 1] = data  # the answer is due as each marker is read
+    y[:, body:] = data  # at each marker, having read it, say the next data token
     return x, y
 
 
@@ -191,12 +197,10 @@ def load_enwik8(
     """Read enwik8 (the raw file or ``enwik8.zip``) and cut the standard split:
     the first 90M bytes train, the next 5M validation, the last 5M test."""
     path = Path(path)
-    check(path.exists(), f"path {path} does not exist")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            data = archive.read(archive.namelist()[0])
-    else:
-        data = path.read_bytes()
+    check(path.is_file(), f"path {path} is not a file")
+    data = path.read_bytes()
+    if data[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        data = _unzip_one(path)
     check(
         len(data) >= sum(split),
         f"{path} holds {len(data)} bytes, fewer than the split {split} needs",
@@ -206,14 +210,30 @@ def load_enwik8(
     return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
 
 
+def _unzip_one(path: Path) -> bytes:
+    """The one file inside a zip, with a clear error for a broken archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            check(len(names) == 1, f"{path} must hold one file, holds {len(names)}")
+            return archive.read(names[0])
+    except (zipfile.BadZipFile, EOFError) as error:
+        message = f"{path} is not a readable zip (truncated?): {error}"
+        raise ValueError(message) from None
+
+
 def random_windows(
     data: Tensor, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """A batch of random windows of a 1-D token stream: inputs and next tokens."""
-    check(len(data) > seq_len + 1, f"data ({len(data)}) shorter than seq_len + 1")
-    start = torch.randint(
-        0, len(data) - seq_len - 1, (batch_size,), generator=generator
+    check_positive(batch_size=batch_size, seq_len=seq_len)
+    check(
+        len(data) >= seq_len + 1,
+        f"data ({len(data)} tokens) must hold at least seq_len + 1 = {seq_len + 1}",
     )
+    # the last start, len - seq_len - 1, is allowed: its window ends on the
+    # stream's final token, which is then a target like any other
+    start = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
     idx = start[:, None] + torch.arange(seq_len + 1)
     chunk = data[idx]
     return chunk[:, :-1], chunk[:, 1:]

@@ -123,3 +123,58 @@ def test_random_windows_are_shifted_by_one():
     x, y = random_windows(data, 4, 16, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(y, x + 1)
+
+
+def test_selective_copying_answers_come_after_their_markers():
+    x, y = selective_copying(50, 24, 10, num_tokens=4, seed=0)
+    answered = y != IGNORE
+    # every answer stands at a marker: the model has read it before it must answer
+    assert (x[answered] == 9).all()
+    assert torch.equal(answered, x == 9)
+
+
+def test_multi_query_recall_matches_the_quadratic_definition():
+    x, y = associative_recall(200, 41, 16, multi_query=True, seed=4)
+    keys = x[:, 0:-1:2]
+    seen = (keys[:, :, None] == keys[:, None, :]).tril(-1).any(-1)
+    expected = torch.where(seen, x[:, 1:-1:2], IGNORE)
+    assert torch.equal(y[:, 0:-1:2], expected)
+
+
+def test_multi_query_recall_at_length_4097_is_cheap():
+    # the (N, L/2, L/2) comparison needed about 17 GB here; counted in bytes:
+    from minimodels.bench import peak_tensor_bytes
+
+    held = peak_tensor_bytes(
+        lambda: associative_recall(64, 4097, 16, multi_query=True, seed=0)
+    )
+    assert held < 64 * 4097 * 8 * 12  # a dozen (N, L) long tensors at most
+
+
+def test_random_windows_reach_the_last_token():
+    data = torch.arange(20)
+    x, y = random_windows(data, 2000, 16, torch.Generator().manual_seed(0))
+    assert y.max() == 19  # the stream's final token is a target
+    assert set(x[:, 0].tolist()) == set(range(4))  # every start, 0 ... 3
+    x, y = random_windows(data[:17], 3, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(y[0], data[1:17])  # exactly seq_len + 1 tokens: one window
+    with pytest.raises(ValueError, match="seq_len"):
+        random_windows(data[:16], 3, 16, torch.Generator())
+
+
+def test_enwik8_broken_zips_are_clear_errors(tmp_path):
+    import zipfile
+
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(ValueError, match="holds 0"):
+        load_enwik8(empty)
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        archive.writestr("enwik8", bytes(range(256)) * 8)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated"):
+        load_enwik8(truncated, split=(100, 10, 10))
+    with pytest.raises(ValueError, match="not a file"):
+        load_enwik8(tmp_path)
