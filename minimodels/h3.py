@@ -5,18 +5,23 @@
 
 From the input u three projections, q = u W_q, k = u W_k, v = u W_v, and
 
-    k'  = SSM_shift(k)       A = shift matrix, B = e_1, C and D learned     (1)
+    k'  = SSM_shift(k)       A = shift matrix; B (init e_1), C, D learned    (1)
     z   = k' (x) v           per head of size d: the outer product k'_t v_t^T (2)
     s   = SSM_diag(z)        diagonal SSM (S4D), one kernel per head          (3)
     y   = q . s              per head: y_t = q_t^T s_t, a d-vector            (4)
     out = y W_o
 
-The shift SSM's state x_t = S x_{t-1} + e_1 k_t (S shifts down by one place) holds
-the last m inputs, so SSM_shift is a causal convolution with the m-tap filter
-phi = C (+ D at lag 0): it can hand the *previous* token to the current position.
+The shift SSM's state x_t = S x_{t-1} + B k_t (S shifts down by one place) holds,
+with B = e_1, the last m inputs, so SSM_shift is a causal convolution with the
+m-tap filter phi_l = C S^l B = sum_i B_i C_{i+l} (= C_l for B = e_1; + D at lag 0):
+it can hand the *previous* token to the current position. B trains, initialised
+to e_1, as in the authors' code (``SSKernelShift``; the paper fixes B = e_1).
 The diagonal SSM, with filter psi, keeps a running (decaying) sum over the whole
 sequence: a memory of every (previous token, current token) pair seen so far.
-Gating by q reads from that memory the pairs whose k' matches q.
+Gating by q reads from that memory the pairs whose k' matches q. Its kernel is
+discretized with the bilinear transform by default, as the authors' code does
+(``SSKernelDiag(disc='bilinear')``, which H3's configs never override);
+``discretization="zoh"`` gives S4D's zero-order hold.
 
 With head dim 1, D_x the diagonal matrix of a sequence x and S_h the
 lower-triangular Toeplitz matrix of a filter h, (1)-(4) are
@@ -55,28 +60,42 @@ __all__ = [
     "h3_matrix",
 ]
 
+REAL_DTYPES = (torch.float32, torch.float64)
 ShiftState = Tensor  # (b c m): the last m inputs, newest first
 H3State = tuple[Tensor, object]  # (shift state, S4D state)
 
 
 class ShiftSSM(nn.Module):
-    """The SSM with A = shift matrix, B = e_1 and learned C, D: (b c n) -> (b c n).
+    """The SSM with A = shift matrix and learned B, C, D: (b c n) -> (b c n).
 
-    Its kernel phi_s = C[s] (+ D at s = 0) has m taps, so it is a depthwise
-    causal convolution: ``minimodels.conv.ShortConv`` without a bias (tested).
+    Its kernel phi_l = sum_i B_i C_{i+l} (+ D at l = 0) has m taps, so it is a
+    depthwise causal convolution: with B = e_1 (its init) phi = C, and it is
+    ``minimodels.conv.ShortConv`` without a bias (tested). ``trainable_B=False``
+    keeps B = e_1 fixed, as the paper writes it.
     """
 
-    def __init__(self, channels: int, size: int) -> None:
+    def __init__(self, channels: int, size: int, *, trainable_B: bool = True) -> None:
         super().__init__()
         check_positive(channels=channels, size=size)
         self.size = size
-        # as in H3's code: C like a Conv1d weight, D standard normal
+        # as in H3's code: B = e_1, C like a Conv1d weight, D standard normal
+        B = torch.zeros(channels, size)
+        B[:, 0] = 1.0
+        if trainable_B:
+            self.B = nn.Parameter(B)
+            self.B._optim = {"weight_decay": 0.0}  # type: ignore[attr-defined]
+        else:
+            self.register_buffer("B", B)
         self.C = nn.Parameter(torch.empty(channels, size))
         nn.init.kaiming_uniform_(self.C, a=math.sqrt(5))
         self.D = nn.Parameter(torch.randn(channels))
 
     def kernel(self) -> Tensor:  # (c m): phi_0 .. phi_{m-1}
-        return torch.cat((self.C[:, :1] + self.D[:, None], self.C[:, 1:]), dim=1)
+        m = self.size
+        # windows[c, l, i] = C[c, i + l] (0 past the end): phi_l = sum_i B_i C_{i+l}
+        windows = F.pad(self.C, (0, m - 1)).unfold(-1, m, 1)  # (c m m)
+        phi = torch.einsum("cli,ci->cl", windows, self.B)
+        return torch.cat((phi[:, :1] + self.D[:, None], phi[:, 1:]), dim=1)
 
     def forward(self, u: Tensor) -> Tensor:  # u: (b c n)
         phi = self.kernel()
@@ -87,8 +106,8 @@ class ShiftSSM(nn.Module):
         return self.C.new_zeros(batch, self.C.shape[0], self.size)
 
     def step(self, u: Tensor, state: ShiftState) -> tuple[Tensor, ShiftState]:
-        """u: (b c) -> (b c); x_t = S x_{t-1} + e_1 u_t, y_t = C x_t + D u_t."""
-        state = torch.cat((u[..., None], state[..., :-1]), dim=-1)
+        """u: (b c) -> (b c); x_t = S x_{t-1} + B u_t, y_t = C x_t + D u_t."""
+        state = F.pad(state[..., :-1], (1, 0)) + self.B * u[..., None]
         return (state * self.C).sum(-1) + self.D * u, state
 
 
@@ -106,9 +125,19 @@ def _fast_len(n: int) -> int:
         m += 1
 
 
+def _check_real(name: str, t: Tensor) -> None:
+    check(
+        t.dtype in REAL_DTYPES,
+        f"{name} must be float32 or float64, got {t.dtype}: H3's convolutions run "
+        "in complex arithmetic, which has no float16/bfloat16 form here (use "
+        "torch.autocast, under which H3 convolves in float32)",
+    )
+
+
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, head_dim: int) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 3, "b c n")
+        _check_real(name, t)
     check(q.shape == k.shape == v.shape, "q, k, v must have the same shape")
     check_divides("head_dim", head_dim, "channels", q.shape[1])
 
@@ -153,9 +182,13 @@ def h3_matrix(q: Tensor, k: Tensor, phi: Tensor, psi: Tensor, D: Tensor) -> Tens
 
     q, k: (b c n), phi: (c m), psi and D: per channel -> M: (b c n n).
     """
+    for name, t in (("q", q), ("k", k)):
+        check_ndim(name, t, 3, "b c n")
+        _check_real(name, t)
     n = q.shape[-1]
     k = torch.einsum("cts,bcs->bct", toeplitz(phi, n), k)
-    S_psi = toeplitz(psi, n) + D[:, None, None] * torch.eye(n, dtype=psi.dtype)
+    eye = torch.eye(n, dtype=psi.dtype, device=psi.device)
+    S_psi = toeplitz(psi, n) + D[:, None, None] * eye
     return q[..., :, None] * S_psi * k[..., None, :]
 
 
@@ -166,7 +199,10 @@ class H3(nn.Module):
     the outer product k' v^T, a d x d state per head, as in H3's multi-head form.
     ``shift_size`` is the shift SSM's state size (default ``d_state``, as in H3's
     code). The diagonal SSM is ``minimodels.ssm.S4D`` with one channel per head
-    (its kernel psi and skip D are shared by the d x d entries of a head).
+    (its kernel psi and skip D are shared by the d x d entries of a head),
+    discretized by ``discretization`` ("bilinear", the authors' default, or
+    "zoh"). Inputs and parameters are float32 or float64; under autocast the
+    projections run in the low precision and the convolutions in float32.
     """
 
     def __init__(
@@ -179,6 +215,8 @@ class H3(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         init: str = "lin",
+        discretization: str = "bilinear",
+        trainable_shift_B: bool = True,
     ) -> None:
         super().__init__()
         check_positive(dim=dim, d_state=d_state, head_dim=head_dim)
@@ -186,19 +224,30 @@ class H3(nn.Module):
         check(shift_size is None or shift_size > 0, "shift_size must be positive")
         self.dim, self.head_dim, self.heads = dim, head_dim, dim // head_dim
         self.to_qkv = nn.Linear(dim, 3 * dim)
-        self.shift = ShiftSSM(dim, shift_size or d_state)
+        self.shift = ShiftSSM(dim, shift_size or d_state, trainable_B=trainable_shift_B)
         self.ssm = S4D(
-            self.heads, d_state=d_state, dt_min=dt_min, dt_max=dt_max, init=init
+            self.heads,
+            d_state=d_state,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            init=init,
+            discretization=discretization,
         )
         self.to_out = nn.Linear(dim, dim)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.to_qkv(x).chunk(3, dim=-1)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
-        check_ndim("x", x, 3, "b n c")
+    def _check_input(self, x: Tensor, layout: str) -> None:
+        check_ndim("x", x, len(layout.split()), layout)
         check(x.shape[-1] == self.dim, f"x must have {self.dim} channels")
-        q, k, v = (rearrange(t, "b n c -> b c n") for t in self._qkv(x))
+        _check_real("x", x)
+        _check_real("H3's parameters", self.ssm.D)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
+        self._check_input(x, "b n c")
+        compute = self.ssm.D.dtype  # float32 even when autocast gives bf16 q, k, v
+        q, k, v = (rearrange(t, "b n c -> b c n").to(compute) for t in self._qkv(x))
         psi = self.ssm.kernel(x.shape[1])  # (h n)
         phi = self.shift.kernel()
         if phi.shape[-1] > x.shape[1]:
@@ -212,7 +261,7 @@ class H3(nn.Module):
 
     def step(self, x: Tensor, state: H3State) -> tuple[Tensor, H3State]:
         """One token x: (b c) -> (b c), advancing both SSMs' states."""
-        check_ndim("x", x, 2, "b c")
+        self._check_input(x, "b c")
         shift_state, ssm_state = state
         q, k, v = self._qkv(x)
         k, shift_state = self.shift.step(k, shift_state)

@@ -1,0 +1,171 @@
+"""Chapter 3's trained comparison: attention, S4D and H3 on recall and induction.
+
+    python -m benchmarks.h3_recall            # the committed grid (CPU, ~25 CPU-min)
+    python -m benchmarks.h3_recall --toy      # a seconds-long grid for the tests
+
+Every cell trains one two-layer ``minimodels.lm.LM`` (width 32, vocabulary 16)
+whose sequence mixer is a *contender*:
+
+- ``attention``: ``MultiHeadAttention``, 2 heads of 16;
+- ``s4d``: the S4D block (S4D -> GELU -> Linear -> GLU), state 16;
+- ``h3``: H3 with heads of dimension 8 (4 heads, an 8 x 8 memory each), state 16,
+  bilinear discretization (the authors' default);
+- ``h3_hd1``: H3 with head dimension 1 (32 heads), the paper's default;
+- ``h3_zoh``: ``h3`` with S4D's zero-order hold instead of the bilinear transform;
+
+on a *task*: associative recall (31 tokens, 15 pairs and the query; trained on
+the multi-query form, scored on the last position only) or induction heads (30
+tokens), at a learning rate ``lr`` and a ``seed`` (the model's init and the
+batch order). It reports ``val_acc`` on 1,000 validation questions, which
+``experiments.tune`` uses to pick each contender's learning rate, and
+``test_acc`` on 1,000 separate test questions, which the chapter reports.
+Rows and provenance go to ``figures/data/h3_recall_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minimodels import bench, experiments
+from minimodels.data import associative_recall, induction_heads
+from minimodels.lm import LM, mixer_factory
+from minimodels.train import TrainConfig, evaluate, train
+
+VOCAB, WIDTH, DEPTH = 16, 32, 2
+CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "attention": ("attention", {"heads": 2}),
+    "s4d": ("s4d", {"d_state": 16}),
+    "h3": ("h3", {"d_state": 16, "head_dim": 8}),
+    "h3_hd1": ("h3", {"d_state": 16, "head_dim": 1}),
+    "h3_zoh": ("h3", {"d_state": 16, "head_dim": 8, "discretization": "zoh"}),
+}
+# task -> (sequence length, training steps, batch size) at full size
+TASKS: dict[str, tuple[int, int, int]] = {
+    "recall": (31, 300, 32),
+    "induction": (30, 200, 64),
+}
+# the head-dimension and discretization variants run on recall only
+TASK_CONTENDERS = {
+    "recall": ["attention", "s4d", "h3", "h3_hd1", "h3_zoh"],
+    "induction": ["attention", "s4d", "h3", "h3_hd1"],
+}
+LRS = [1e-3, 3e-3, 1e-2]
+SEEDS = [0, 1, 2]
+CELL_NAMES = ("task", "contender", "lr", "seed", "steps", "questions")
+
+
+def build(contender: str) -> LM:
+    """The language model of one contender (initialised from the current seed)."""
+    name, options = CONTENDERS[contender]
+    return LM(VOCAB, WIDTH, DEPTH, mixer_factory(name, **options))
+
+
+def task_data(task: str, questions: int) -> tuple[Any, Any, Any]:
+    """Training set (4,000 sequences), validation and test sets (``questions``
+    each); the three are drawn with different seeds, so no test question chose a
+    learning rate."""
+    n = TASKS[task][0]
+    if task == "recall":
+        make = associative_recall
+        train_set = make(4000, n, VOCAB, multi_query=True, seed=0)
+    else:
+        make = induction_heads
+        train_set = make(4000, n, VOCAB, seed=0)
+    val_set = make(questions, n, VOCAB, seed=1)
+    return train_set, val_set, make(questions, n, VOCAB, seed=2)
+
+
+def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell; returns validation and test accuracy."""
+    train_set, val_set, test_set = task_data(cell["task"], cell["questions"])
+    batch = TASKS[cell["task"]][2]
+    steps = cell["steps"]
+    config = TrainConfig(
+        steps=steps, batch_size=batch, lr=cell["lr"], warmup=min(20, steps // 5),
+        weight_decay=0.0, eval_every=steps, seed=cell["seed"], progress=False,
+    )  # fmt: skip
+    torch.manual_seed(cell["seed"])
+    model = build(cell["contender"])
+    history = train(model, train_set, val_set, config)
+    _, test_acc = evaluate(model, test_set, batch_size=256, batches=None)
+    return {
+        "val_acc": history.final_acc,
+        "test_acc": test_acc,
+        "train_loss": history.train_loss[-1],
+        "seconds": history.seconds[-1],
+    }
+
+
+def cells(
+    tasks: Sequence[str],
+    contenders: Sequence[str],
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    scale: float = 1.0,
+    questions: int = 1000,
+) -> list[dict[str, Any]]:
+    """Every (task, contender, lr, seed), with ``scale`` x the full step count."""
+    return [
+        {"task": t, "contender": c, "lr": lr, "seed": s,
+         "steps": max(1, round(TASKS[t][1] * scale)), "questions": questions}
+        for t in tasks for c in contenders for lr in lrs for s in seeds
+    ]  # fmt: skip
+
+
+def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and contender: test accuracy at the lr tuned on validation."""
+    tuned = experiments.tune(rows, select="val_acc", by=("task", "contender"))
+    summary = experiments.summarize(tuned, "test_acc", by=("task", "contender"))
+    lrs = {(r["task"], r["contender"]): r["lr"] for r in tuned}
+    return [{**s, "lr": lrs[s["task"], s["contender"]]} for s in summary]
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
+                   default=list(CONTENDERS))  # fmt: skip
+    p.add_argument("--lrs", type=float, nargs="+", default=LRS)
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
+    p.add_argument("--toy", action="store_true", help="2%% of the steps, 64 questions")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.out = args.out or bench.figures_dir() / "data/h3_recall_cpu.json"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse(argv)
+    size = {"scale": 0.02 if args.toy else 1.0, "questions": 64 if args.toy else 1000}
+    grid = []  # h3_zoh last: the main comparison is complete first
+    for last in (False, True):
+        for task in args.tasks:
+            chosen = [c for c in args.contenders if c in TASK_CONTENDERS[task]]
+            chosen = [c for c in chosen if (c == "h3_zoh") == last]
+            grid += cells([task], chosen, args.lrs, args.seeds, **size)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "-m", "benchmarks.h3_recall", *given])
+    rows = experiments.run_grid(
+        run_cell, grid, out=args.out, processes=args.processes, threads=1,
+        command=command, description="h3 recall grid",
+    )  # fmt: skip
+    for r in table(rows):
+        print(
+            f"{r['task']:10s} {r['contender']:10s} lr {r['lr']:.0e}  test "
+            f"{r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f}) seeds {r['seeds']}"
+        )
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
