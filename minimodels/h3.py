@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive
 from minimodels.conv import fft_conv, toeplitz
+from minimodels.optim import set_optim
 from minimodels.ssm import S4D
 
 __all__ = [
@@ -83,7 +84,7 @@ class ShiftSSM(nn.Module):
         B[:, 0] = 1.0
         if trainable_B:
             self.B = nn.Parameter(B)
-            self.B._optim = {"weight_decay": 0.0}  # type: ignore[attr-defined]
+            set_optim(self, ["B"], weight_decay=0.0)  # as SSKernelShift registers it
         else:
             self.register_buffer("B", B)
         self.C = nn.Parameter(torch.empty(channels, size))
