@@ -41,6 +41,7 @@ __all__ = [
     "count_parameters",
     "init_embedding",
     "sample_logits",
+    "check_sampling",
 ]
 
 MixerFactory = Callable[[int], nn.Module]
@@ -196,8 +197,7 @@ class LM(nn.Module):
         """
         check_ndim("prompt", prompt, 2, "b n")
         check(prompt.shape[1] > 0, "prompt must hold at least one token")
-        check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
-        check(top_k is None or top_k > 0, f"top_k must be positive, got {top_k}")
+        check_sampling(temperature, top_k)
         recurrent = self.recurrent if recurrent is None else recurrent
         check(not recurrent or self.recurrent, "a mixer here has no step()")
         sample = partial(
@@ -217,6 +217,19 @@ class LM(nn.Module):
         return ids
 
 
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """The sampling options every ``generate`` accepts, checked by name."""
+    check(
+        isinstance(temperature, (int, float)) and math.isfinite(temperature),
+        f"temperature must be a finite number, got {temperature!r}",
+    )
+    check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+    check(
+        top_k is None or (isinstance(top_k, int) and top_k > 0),
+        f"top_k must be a positive integer or None, got {top_k!r}",
+    )
+
+
 def sample_logits(
     logits: Tensor,
     temperature: float,
@@ -225,6 +238,7 @@ def sample_logits(
 ) -> Tensor:
     """One token per row of logits (b v): greedy at temperature 0, else sampled
     from the softmax at ``temperature`` over the ``top_k`` largest logits."""
+    check_sampling(temperature, top_k)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature

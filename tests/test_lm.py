@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minimodels.attention import MultiHeadAttention
-from minimodels.lm import LM, count_parameters, mixer_factory
+from minimodels.lm import LM, count_parameters, mixer_factory, sample_logits
 from minimodels.testing import assert_causal
 
 
@@ -81,3 +81,17 @@ def test_bad_arguments():
         LM(16, 32, 1)(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="top_k"):
         LM(16, 32, 1).generate(torch.zeros(1, 2, dtype=torch.long), 2, top_k=0)
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, match",
+    [(-1.0, None, "temperature"), (float("nan"), None, "temperature"),
+     (1.0, 0, "top_k"), (1.0, 2.5, "top_k")],
+)  # fmt: skip
+def test_sampling_options_are_checked(temperature, top_k, match):
+    model = LM(vocab_size=8, dim=16, depth=1)
+    with pytest.raises(ValueError, match=match):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 3,
+                       temperature=temperature, top_k=top_k)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        sample_logits(torch.zeros(1, 8), temperature, top_k, None)
