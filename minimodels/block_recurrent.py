@@ -1,49 +1,36 @@
-"""Block recurrence: a transformer layer applied recurrently over blocks of tokens.
+"""Block-Recurrent Transformer: the model, its segment-by-segment wrapper, a task.
 
 "Block-Recurrent Transformers" (Hutchins, Schlag, Wu, Dyer, Neyshabur, NeurIPS 2022,
-arXiv:2203.07852). A sequence is cut into blocks of W tokens. Every layer attends
-over a sliding window of W tokens: the current block and the cached keys/values of
-the previous one (Transformer-XL memories, Dai et al., 2019, arXiv:1901.02860).
-Recurrent layers also keep S state vectors c_t (b s c), carried from block to block::
-
-    vertical   (tokens):  y = x + W_o [SelfAttn(x_t, [mem, x_t]) ; CrossAttn(x_t, c_t)]
-    horizontal (states):  h = W_h [SelfAttn(c_t + ids, c_t + ids) ; CrossAttn(c_t, x_t)]
-    fixed gate:           c_{t+1} = c_t * g + z * (1 - g),  z = W_z h + b_z, g = σ(b_g)
-    LSTM gate:            i = σ(W_i h + b_i - 1),  f = σ(W_f h + b_f + 1)
-                          c_{t+1} = c_t * f + tanh(W_z h + b_z) * i
-
-Keys and values are shared: the tokens' (from x_t) serve the window attention and
-the states' cross-attention, the states' (from c_t) serve both state queries and
-the tokens' cross-attention; four query sets, two key/value sets. Learned state IDs
-are added to the normalized states (they have no positions). Token-token attention
-uses rotary positions ("RoFormer", Su et al., 2021, arXiv:2104.09864) or a dynamic
-position bias (an MLP of the distance, "CrossFormer", Wang et al., 2021,
-arXiv:2108.00154; the paper used T5's relative bias). Options: single-head keys and
-values ("Fast Transformer Decoding: One Write-Head is All You Need", Shazeer, 2019,
-arXiv:1911.02150), and one block of compressed memories ("Compressive
-Transformers", Rae et al., 2019, arXiv:1911.05507): the block that left the window,
-compressed by a strided convolution (trained by the task loss only, without Rae's
-auxiliary reconstruction loss).
+arXiv:2203.07852). The recurrent cell (window attention, state cross-attention,
+gated state update) lives in ``minimodels.block_recurrent_cell`` and is re-exported
+here; this module stacks it into a pre-norm transformer, runs long sequences
+segment by segment with truncated backpropagation through time, samples from it,
+and builds ``distant_recall``, a task whose answers lie beyond every window.
 
 The public API follows the seed package ``block-recurrent-transformer-pytorch``:
-``out, mems, states = model(seq, xl_memories=mems, states=states)``.
+``out, mems, states = model(seq, xl_memories=mems, states=states)``, exact for
+segments of any length (a segment may end inside a block).
 
-Shapes: b batch, n sequence, c model dim, h heads, k key/value heads (1 or h),
-d head dim, t blocks, w block width, m keys of a block's window, s state vectors.
+Shapes: b batch, n sequence, c model dim, k key/value heads, d head dim,
+m cached tokens, s state vectors.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
-from minimodels.attention import RotaryEmbedding
+from minimodels.block_recurrent_cell import (
+    BlockAttention,
+    DynamicPositionBias,
+    FixedGate,
+    Gate,
+    LSTMGate,
+    attend,
+    window_mask,
+)
 from minimodels.lm import MLP, init_embedding, sample_logits
 
 __all__ = [
@@ -57,287 +44,15 @@ __all__ = [
     "RecurrentTrainWrapper",
     "RecurrentTrainerWrapper",
     "BlockRecurrentLM",
+    "check_sampling",
     "distant_recall",
 ]
 
-Gate = Literal["fixed", "lstm"]
 
-
-def attend(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    *,
-    fast: bool = False,
-) -> Tensor:
-    """Softmax attention. q: (b h n d), k and v: (b k m d) with k = 1 or h; mask
-    (True = visible) and bias broadcast to (b h n m). ``fast`` uses SDPA."""
-    k, v = k.expand(*q.shape[:2], *k.shape[2:]), v.expand(*q.shape[:2], *v.shape[2:])
-    if fast:
-        if bias is not None:
-            neg = torch.finfo(q.dtype).min
-            mask = bias if mask is None else bias.masked_fill(~mask, neg)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        s = s + bias
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    return torch.einsum("bhnm,bhmd->bhnd", s.softmax(-1), v)
-
-
-def window_mask(w: int, compressed: int = 0) -> Tensor:
-    """(w, compressed + 2w): query i of a block sees every compressed slot and the
-    keys j of [previous block, current block] with i < j <= i + w (W tokens)."""
-    i, j = torch.arange(w)[:, None], torch.arange(2 * w)[None, :]
-    window = (j > i) & (j <= i + w)
-    return torch.cat((torch.ones(w, compressed, dtype=torch.bool), window), dim=1)
-
-
-def _rotate(x: Tensor, pos: Tensor, inv_freq: Tensor) -> Tensor:
-    """Rotary embedding at (float) positions pos: (n,), x: (... n d)."""
-    angles = pos[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
-
-
-class DynamicPositionBias(nn.Module):
-    """Per-head bias from an MLP of the log-distance between query and key."""
-
-    def __init__(self, heads: int, hidden: int = 32) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(1, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, heads),
-        )
-
-    def forward(self, dist: Tensor) -> Tensor:  # dist: (n m) -> (h n m)
-        x = (dist.sign() * dist.abs().log1p()).to(self.mlp[0].weight.dtype)
-        return rearrange(self.mlp(x[..., None]), "n m h -> h n m")
-
-
-class FixedGate(nn.Module):
-    """c' = c g + z (1 - g) with z = W_z h + b_z and a learned constant g = σ(b_g)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.to_z = nn.Linear(dim, dim)
-        self.b_g = nn.Parameter(torch.ones(dim))  # start near "keep" (g ≈ 0.73)
-
-    def forward(self, c: Tensor, h: Tensor) -> Tensor:
-        g = torch.sigmoid(self.b_g)
-        return c * g + self.to_z(h) * (1 - g)
-
-
-class LSTMGate(nn.Module):
-    """c' = c f + tanh(z) i, with input gate bias -1 and forget gate bias +1."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.to_zif = nn.Linear(dim, 3 * dim)
-
-    def forward(self, c: Tensor, h: Tensor) -> Tensor:
-        z, i, f = self.to_zif(h).chunk(3, dim=-1)
-        return c * torch.sigmoid(f + 1) + torch.tanh(z) * torch.sigmoid(i - 1)
-
-
-class BlockAttention(nn.Module):
-    """Sliding-window attention over [memory, block]; with ``num_state_vectors > 0``
-    also the recurrent cell (vertical cross-attention, horizontal state update)."""
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int,
-        dim_head: int,
-        block_width: int,
-        num_state_vectors: int = 0,
-        single_head_kv: bool = False,
-        dynamic_pos_bias: bool = False,
-        compressed_mem_factor: int = 0,
-        gate: Gate = "fixed",
-        carry_states: bool = True,
-        fast: bool = False,
-    ) -> None:
-        super().__init__()
-        check(
-            gate in ("fixed", "lstm"), f"gate must be 'fixed' or 'lstm', got {gate!r}"
-        )
-        self.heads, self.kv_heads = heads, 1 if single_head_kv else heads
-        self.w, self.c, self.fast = block_width, compressed_mem_factor, fast
-        self.num_state_vectors, self.carry_states = num_state_vectors, carry_states
-        inner, kv = heads * dim_head, self.kv_heads * dim_head
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * kv, bias=False)
-        recurrent = num_state_vectors > 0
-        self.to_out = nn.Linear(inner * (2 if recurrent else 1), dim, bias=False)
-        self.rotary = None if dynamic_pos_bias else RotaryEmbedding(dim_head)
-        self.pos_bias = DynamicPositionBias(heads) if dynamic_pos_bias else None
-        if self.c:
-            check_divides("compressed_mem_factor", self.c, "block_width", block_width)
-            self.compress = nn.ModuleList(
-                nn.Conv1d(dim_head, dim_head, self.c, stride=self.c) for _ in "kv"
-            )
-        if recurrent:
-            s = num_state_vectors
-            self.initial_state = nn.Parameter(torch.randn(s, dim) * dim**-0.5)
-            self.state_ids = nn.Parameter(torch.randn(s, dim) * dim**-0.5)
-            self.state_norm = nn.LayerNorm(dim)
-            self.to_q_cross = nn.Linear(dim, inner, bias=False)  # tokens -> states
-            self.state_to_q = nn.Linear(dim, 2 * inner, bias=False)  # self, cross
-            self.state_to_kv = nn.Linear(dim, 2 * kv, bias=False)
-            self.state_out = nn.Linear(2 * inner, dim, bias=False)
-            self.gate = FixedGate(dim) if gate == "fixed" else LSTMGate(dim)
-
-    @property
-    def memory_len(self) -> int:
-        return 2 * self.w if self.c else self.w
-
-    def _split(self, t: Tensor, heads: int) -> Tensor:
-        return rearrange(t, "b n (h d) -> b h n d", h=heads)
-
-    def _windows(self, k: Tensor, mem: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
-        """Keys (or values) of every block's window: (b t k m d), validity (t m)."""
-        w, big_m = self.w, self.memory_len
-        mem = k[:, :, :0] if mem is None else mem
-        t = math.ceil(n / w)
-        full = F.pad(
-            torch.cat((mem, k), dim=2), (0, 0, big_m - mem.shape[2], t * w - n)
-        )
-        valid = torch.arange(full.shape[2], device=k.device) >= big_m - mem.shape[2]
-        kb = rearrange(full, "b k (u w) d -> b u k w d", w=w)
-        vb = rearrange(valid, "(u w) -> u w", w=w)
-        u0 = big_m // w
-        keys = [kb[:, u0 - 1 : u0 - 1 + t], kb[:, u0:]]
-        ok = [vb[u0 - 1 : u0 - 1 + t], vb[u0:]]
-        if self.c:  # the block before the window, compressed c-fold
-            old = kb[:, u0 - 2 : u0 - 2 + t]
-            old_ok = vb[u0 - 2 : u0 - 2 + t]
-            ok.insert(0, rearrange(old_ok, "t (s c) -> t s c", c=self.c).all(-1))
-            keys.insert(0, old)
-        return torch.cat(keys, dim=3), torch.cat(ok, dim=1)
-
-    def _compress(self, kb: Tensor, which: int) -> Tensor:
-        if not self.c:
-            return kb
-        old, rest = kb[..., : self.w, :], kb[..., self.w :, :]
-        b, t = old.shape[:2]
-        x = rearrange(old, "b t k w d -> (b t k) d w")
-        x = rearrange(self.compress[which](x), "(b t k) d s -> b t k s d", b=b, t=t)
-        return torch.cat((x, rest), dim=3)
-
-    def _positions(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        w, c = self.w, self.c
-        off = w if c else 0
-        slots = torch.arange(w // c if c else 0, device=device) * c + (c - 1) / 2
-        k_pos = torch.cat((slots, torch.arange(2 * w, device=device) + off))
-        return torch.arange(w, device=device) + w + off, k_pos.float()
-
-    def _window_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, mem: Tensor | None, n: int
-    ) -> Tensor:
-        """Token self-attention of every block at once: (b t h w d)."""
-        mk, mv = (None, None) if mem is None else mem
-        (kb, valid), (vb, _) = self._windows(k, mk, n), self._windows(v, mv, n)
-        kb, vb = self._compress(kb, 0), self._compress(vb, 1)
-        q_pos, k_pos = self._positions(q.device)
-        mask = window_mask(self.w, k_pos.numel() - 2 * self.w).to(q.device)
-        mask = mask & valid[:, None, :]  # (t w m)
-        bias = None
-        if self.rotary is not None:
-            q = _rotate(q, q_pos.float(), self.rotary.inv_freq)
-            kb = _rotate(kb, k_pos, self.rotary.inv_freq)
-        else:
-            bias = self.pos_bias(q_pos[:, None].float() - k_pos[None, :]).to(q.dtype)
-        b, t = q.shape[:2]
-        out = attend(
-            q.flatten(0, 1),
-            kb.flatten(0, 1),
-            vb.flatten(0, 1),
-            mask[:, None].repeat(b, 1, 1, 1),
-            bias,
-            fast=self.fast,
-        )
-        return rearrange(out, "(b t) h w d -> b t h w d", b=b)
-
-    def _state_kv(self, states: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        s = self.state_norm(states) + self.state_ids  # learned state IDs
-        q_self, q_cross = self.state_to_q(s).chunk(2, dim=-1)
-        k, v = self.state_to_kv(s).chunk(2, dim=-1)
-        h, kh = self.heads, self.kv_heads
-        return (
-            self._split(q_self, h),
-            self._split(q_cross, h),
-            self._split(k, kh),
-            self._split(v, kh),
-        )
-
-    def _run_states(
-        self, c0: Tensor, k: Tensor, v: Tensor, n: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Horizontal direction, block by block: the states each block reads
-        (their keys/values (b t k s d)) and the state after the last block."""
-        w, t = self.w, math.ceil(n / self.w)
-        pad = (0, 0, 0, t * w - n)
-        kb = rearrange(F.pad(k, pad), "b k (t w) d -> t b k w d", w=w)
-        vb = rearrange(F.pad(v, pad), "b k (t w) d -> t b k w d", w=w)
-        real = rearrange(torch.arange(t * w, device=k.device) < n, "(t w) -> t w", w=w)
-        c, keys, values = c0, [], []
-        for i in range(t):
-            q_self, q_cross, sk, sv = self._state_kv(c)
-            keys.append(sk)
-            values.append(sv)
-            h = torch.cat(
-                (
-                    attend(q_self, sk, sv, fast=self.fast),
-                    attend(q_cross, kb[i], vb[i], real[i, None], fast=self.fast),
-                ),
-                dim=-1,
-            )
-            c_next = self.gate(c, self.state_out(rearrange(h, "b h s e -> b s (h e)")))
-            c = c_next if self.carry_states else c0
-        return torch.stack(keys, 1), torch.stack(values, 1), c
-
-    def forward(
-        self, x: Tensor, mem: Tensor | None = None, state: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """x: (b n c) (normalized), mem: (2 b k m d), state: (b s c) ->
-        output (b n c), new memories (2 b k m' d), new state (b s c) or None."""
-        b, n, _ = x.shape
-        w, t = self.w, math.ceil(x.shape[1] / self.w)
-        q = self._split(self.to_q(x), self.heads)
-        k, v = (self._split(z, self.kv_heads) for z in self.to_kv(x).chunk(2, -1))
-        blocks = "b h (t w) d -> b t h w d"
-        qb = rearrange(F.pad(q, (0, 0, 0, t * w - n)), blocks, w=w)
-        out = self._window_attention(qb, k, v, mem, n)
-        new_state = None
-        if self.num_state_vectors:
-            c0 = self.initial_state.expand(b, -1, -1) if state is None else state
-            sk, sv, new_state = self._run_states(c0, k, v, n)
-            qc = rearrange(
-                F.pad(
-                    self._split(self.to_q_cross(x), self.heads), (0, 0, 0, t * w - n)
-                ),
-                blocks,
-                w=w,
-            )
-            cross = attend(
-                qc.flatten(0, 1), sk.flatten(0, 1), sv.flatten(0, 1), fast=self.fast
-            )
-            out = torch.cat(
-                (out, rearrange(cross, "(b t) h w d -> b t h w d", b=b)), -1
-            )
-        out = rearrange(out, "b t h w e -> b (t w) (h e)")[:, :n]
-        kv = torch.stack((k, v))
-        new_mem = kv if mem is None else torch.cat((mem, kv), dim=3)
-        return self.to_out(out), new_mem[:, :, :, -self.memory_len :], new_state
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """The checks of ``minimodels.lm.LM.generate``, with the same messages."""
+    check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+    check(top_k is None or top_k > 0, f"top_k must be positive, got {top_k}")
 
 
 class BlockRecurrentTransformer(nn.Module):
@@ -349,8 +64,11 @@ class BlockRecurrentTransformer(nn.Module):
     length, a last partial block included) and returns logits (or, with
     ``return_loss``, the next-token loss), the memories of every layer
     (2 b k m d) and the states of every recurrent layer (b s c). Memories and
-    states come back detached unless ``detach=False``. ``carry_states=False``
-    switches the recurrence off: every block reads the learned initial state.
+    states come back detached unless ``detach=False``. Feeding them back
+    continues the sequence exactly, wherever the segment ended.
+    ``carry_states=False`` switches the recurrence off: every block reads the
+    learned initial state. ``state_mlp=True`` gives the paper's full cell (an
+    MLP and a second gate on the states); the default is the "skip" cell.
     """
 
     def __init__(
@@ -371,6 +89,7 @@ class BlockRecurrentTransformer(nn.Module):
         single_head_kv: bool = False,
         dynamic_pos_bias: bool = False,
         gate: Gate = "fixed",
+        state_mlp: bool = False,
         ff_mult: int = 4,
         carry_states: bool = True,
         ignore_index: int = -100,
@@ -380,7 +99,9 @@ class BlockRecurrentTransformer(nn.Module):
         check_positive(dim_head=dim_head, block_width=block_width)
         check_divides("block_width", block_width, "max_seq_len", max_seq_len)
         num_state_vectors = default(num_state_vectors, block_width)
-        check_positive(num_state_vectors=num_state_vectors)
+        check_positive(num_state_vectors=num_state_vectors, ff_mult=ff_mult)
+        if use_compressed_mem:
+            check_positive(compressed_mem_factor=compressed_mem_factor)
         recurrent_layers = default(recurrent_layers, (max(depth // 2, 1),))
         check(
             all(0 < i <= depth for i in recurrent_layers),
@@ -404,6 +125,8 @@ class BlockRecurrentTransformer(nn.Module):
                 if use_compressed_mem
                 else 0,
                 gate=gate,
+                state_mlp=state_mlp,
+                ff_mult=ff_mult,
                 carry_states=carry_states,
                 fast=use_flash_attn,
             )
@@ -423,14 +146,19 @@ class BlockRecurrentTransformer(nn.Module):
         )
         for i, (m, attn) in enumerate(zip(mems, self.attns)):
             check_ndim(f"xl_memories[{i}]", m, 5, "2 b k m d")
-            d = attn.to_q.out_features // attn.heads
+            d, limit = attn.to_q.out_features // attn.heads, attn.memory_len + attn.w
             check(
                 m.shape[:3] == (2, b, attn.kv_heads)
                 and m.shape[4] == d
-                and m.shape[3] <= attn.memory_len,
+                and m.shape[3] < limit,
                 f"xl_memories[{i}] must have shape (2, {b}, {attn.kv_heads}, "
-                f"m <= {attn.memory_len}, {d}), got {tuple(m.shape)}",
+                f"m < {limit}, {d}), got {tuple(m.shape)}",
             )
+        check(
+            len({m.shape[3] % self.block_width for m in mems}) == 1,
+            "xl_memories must all end at the same position in a block, got "
+            f"lengths {[m.shape[3] for m in mems]}",
+        )
 
     def _check_states(self, states: list[Tensor], b: int) -> None:
         r = len(self.recurrent_layers)
@@ -493,7 +221,7 @@ class BlockRecurrentTransformer(nn.Module):
 
 class RecurrentTrainWrapper(nn.Module):
     """Runs a long sequence through the model segment by segment (``segment_len``
-    tokens, default ``max_seq_len``), carrying memories and states.
+    tokens, default ``max_seq_len``, any length), carrying memories and states.
 
     Gradients flow through every block of a segment; memories and states are
     detached every ``truncate_every`` segments (truncated backpropagation through
@@ -514,8 +242,7 @@ class RecurrentTrainWrapper(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.segment_len = default(segment_len, transformer.max_seq_len)
-        w = transformer.block_width
-        check_divides("block_width", w, "segment_len", self.segment_len)
+        check_positive(segment_len=self.segment_len)
         check(
             self.segment_len <= transformer.max_seq_len,
             f"segment_len ({self.segment_len}) must be <= max_seq_len "
@@ -580,24 +307,22 @@ class RecurrentTrainWrapper(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Continue prime (b n) up to ``length`` tokens in all; returns the
-        ``length - n`` new ones. The cache holds the memories and states at the
-        last block boundary; each new token reruns only the current block."""
+        ``length - n`` new ones. Each new token is one more call of the model
+        with the cached memories and states (exact, as a segment may end
+        inside a block), which recomputes one block's attention."""
         check_ndim("prime", prime, 2, "b n")
-        n, w = prime.shape[1], self.transformer.block_width
+        check_sampling(temperature, top_k)
+        n = prime.shape[1]
         check(0 < n < length, f"length ({length}) must exceed the prime's ({n})")
         was_training = self.training
         self.eval()
-        done = (n - 1) // w * w  # whole blocks go into the cache; 1..w tokens stay
-        _, mems, states = self.logits(prime[:, :done]) if done else (None, [], [])
-        block, out = prime[:, done:], []
-        for _ in range(length - n):
-            logits, new_mems, new_states = self.transformer(block, mems, states)
-            token = sample_logits(logits[:, -1], temperature, top_k, generator)[:, None]
-            out.append(token)
-            if block.shape[1] == w:  # the block is complete: advance the cache
-                mems, states, block = new_mems, new_states, token
-            else:
-                block = torch.cat((block, token), dim=1)
+        logits, mems, states = self.logits(prime)
+        out = []
+        for i in range(length - n):
+            token = sample_logits(logits[:, -1], temperature, top_k, generator)
+            out.append(token[:, None])
+            if i + 1 < length - n:
+                logits, mems, states = self.transformer(token[:, None], mems, states)
         self.train(was_training)
         return torch.cat(out, dim=1)
 

@@ -34,12 +34,15 @@ OPTIONS = [
     {"dynamic_pos_bias": True, "recurrent_layers": (2,)},
     {"use_compressed_mem": True, "compressed_mem_factor": 2},
     {"recurrent_layers": ()},
-]
+    {"state_mlp": True, "gate": "lstm", "use_compressed_mem": True,
+     "compressed_mem_factor": 4},
+]  # fmt: skip
 
 
 def reference_layer(layer: BlockAttention, x: torch.Tensor):
     """The same layer written plainly over the whole sequence: a banded causal
-    mask with absolute rotary positions, then the states block by block."""
+    mask with absolute rotary positions, then the states block by block (each
+    whole block updates them; a last partial block only reads them)."""
     b, n, _ = x.shape
     w, h, kh = layer.w, layer.heads, layer.kv_heads
     split = lambda t, hh: rearrange(t, "b n (h d) -> b h n d", h=hh)  # noqa: E731
@@ -58,16 +61,23 @@ def reference_layer(layer: BlockAttention, x: torch.Tensor):
         q_self, q_cross = (split(t, h) for t in layer.state_to_q(s).chunk(2, -1))
         sk, sv = (split(t, kh) for t in layer.state_to_kv(s).chunk(2, -1))
         cross.append(attend(qc[:, :, blk], sk, sv))
+        if start + w > n:
+            break
         hs = torch.cat(
             (attend(q_self, sk, sv), attend(q_cross, k[:, :, blk], v[:, :, blk])), -1
         )
         c = layer.gate(c, layer.state_out(rearrange(hs, "b h s d -> b s (h d)")))
+        if layer.state_mlp:  # the paper's full cell: MLP and a second gate
+            c = layer.mlp_gate(c, layer.mlp(layer.mlp_norm(c)))
     out = torch.cat((out, torch.cat(cross, dim=2)), dim=-1)
     return layer.to_out(rearrange(out, "b h n d -> b n (h d)")), c
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 9, 12])
-@pytest.mark.parametrize("options", [{}, {"gate": "lstm", "single_head_kv": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gate": "lstm", "single_head_kv": True}, {"state_mlp": True}],
+)
 @pytest.mark.parametrize("states", [0, 3])
 def test_layer_equals_plain_reference(n, options, states):
     torch.manual_seed(n)
@@ -152,6 +162,7 @@ def test_block_by_block_equals_wrapper(options):
 
 @pytest.mark.parametrize("options", OPTIONS)
 def test_memory_and_state_shapes_for_every_length(options):
+    """Memories keep memory_len tokens plus those of an unfinished block."""
     model = small_model(**options)
     kv = 1 if options.get("single_head_kv") else 2
     keep = 8 if options.get("use_compressed_mem") else 4
@@ -162,9 +173,43 @@ def test_memory_and_state_shapes_for_every_length(options):
             _, new_mems, new_states = model(torch.randint(0, 17, (2, n)), mems, states)
             assert len(new_mems) == 2 and len(new_states) == num_recurrent
             for mem in new_mems:
-                assert mem.shape == (2, 2, kv, min(n + m, keep), 8)
+                assert mem.shape == (2, 2, kv, min(n + m, keep + (n + m) % 4), 8)
             for state in new_states:
                 assert state.shape == (2, 3, 16)
+
+
+SPLITS = [[12], [5, 7], [1, 3, 8], [3, 1, 1, 7], [11, 1], [4, 4, 4]]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_any_split_equals_one_pass(options):
+    """Segments that end inside a block continue exactly: the logits of every
+    split of a sequence equal one pass, and so do the final memories/states."""
+    model = small_model(**options)
+    ids = torch.randint(0, 17, (2, 12))
+    one_pass, ref_mems, ref_states = model(ids)
+    for split in SPLITS:
+        mems, states, outs = None, None, []
+        for chunk in ids.split(split, dim=1):
+            logits, mems, states = model(chunk, mems, states)
+            outs.append(logits)
+        torch.testing.assert_close(torch.cat(outs, 1), one_pass, msg=str(split))
+        for a, b in zip(mems + states, ref_mems + ref_states):
+            torch.testing.assert_close(a, b)
+    long = torch.randint(0, 17, (2, 37))
+    whole = RecurrentTrainWrapper(model).logits(long)[0]
+    for segment_len in (1, 5, 7, 11):
+        wrapper = RecurrentTrainWrapper(model, segment_len=segment_len)
+        torch.testing.assert_close(wrapper.logits(long)[0], whole)
+
+
+def test_unfinished_block_leaves_the_state_alone():
+    model = small_model()
+    ids = torch.randint(0, 17, (1, 7))
+    _, _, after_one_block = model(ids[:, :4])
+    _, mems, after_seven = model(ids)
+    torch.testing.assert_close(after_seven[0], after_one_block[0])
+    assert mems[0].shape[3] == 4 + 3  # a block of memory + the unfinished 3
 
 
 def test_gradients_reach_state_parameters():
@@ -191,8 +236,11 @@ def test_truncation_detaches_between_segments():
     assert not states[0].requires_grad  # the model detaches by default
 
 
-def test_generate_with_cache_equals_greedy_decoding():
-    model = small_model()
+@pytest.mark.parametrize(
+    "options", [{}, {"use_compressed_mem": True, "compressed_mem_factor": 2}]
+)
+def test_generate_with_cache_equals_greedy_decoding(options):
+    model = small_model(**options)
     wrapper = RecurrentTrainWrapper(model, segment_len=8)
     prime = torch.randint(0, 17, (2, 6))
     new = wrapper.generate(prime, 27, temperature=0.0)
@@ -202,6 +250,17 @@ def test_generate_with_cache_equals_greedy_decoding():
     assert torch.equal(logits[:, 5:-1].argmax(-1), new)
     sampled = wrapper.generate(prime, 9, generator=torch.Generator().manual_seed(0))
     assert sampled.shape == (2, 3) and sampled.max() < 17
+
+
+def test_generate_checks_its_sampling_arguments_like_lm():
+    wrapper = RecurrentTrainWrapper(small_model())
+    prime = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        wrapper.generate(prime, 6, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k must be positive, got 0"):
+        wrapper.generate(prime, 6, top_k=0)
+    top1 = wrapper.generate(prime, 9, top_k=1, generator=torch.Generator())
+    assert torch.equal(top1, wrapper.generate(prime, 9, temperature=0.0))
 
 
 def test_train_adapter_gives_logits():
@@ -262,8 +321,16 @@ def test_bad_input_gives_clear_errors():
         small_model(gate="gru")
     with pytest.raises(ValueError, match="compressed_mem_factor"):
         small_model(use_compressed_mem=True, compressed_mem_factor=3)
+    with pytest.raises(ValueError, match="segment_len must be positive, got 0"):
+        RecurrentTrainWrapper(model, segment_len=0)
     with pytest.raises(ValueError, match="segment_len"):
-        RecurrentTrainWrapper(model, segment_len=6)
+        RecurrentTrainWrapper(model, segment_len=13)
+    with pytest.raises(ValueError, match="compressed_mem_factor must be positive"):
+        small_model(use_compressed_mem=True, compressed_mem_factor=0)
+    with pytest.raises(ValueError, match=r"xl_memories\[0\].*m < 8"):
+        model(torch.randint(0, 17, (2, 5)), [m.repeat(1, 1, 1, 2, 1) for m in mems])
+    with pytest.raises(ValueError, match="same position in a block"):
+        model(torch.randint(0, 17, (2, 5)), [mems[0], mems[1][:, :, :, 1:]], states)
     with pytest.raises(ValueError, match="truncate_every"):
         RecurrentTrainWrapper(model, truncate_every=0)
     with pytest.raises(ValueError, match="length"):
