@@ -63,10 +63,24 @@ __all__ = [
 # --- shared argument handling ---------------------------------------------------
 
 
+def _check_floating(name: str, t: Tensor) -> None:
+    check(
+        t.is_floating_point(),
+        f"{name} must be a floating-point tensor, got {t.dtype} (an integer "
+        "signal or filter would be truncated)",
+    )
+
+
 def _check_conv(u: Tensor, h: Tensor, D: Tensor | None) -> None:
     check(u.ndim >= 1, "u must have shape (... d n)")
     check(h.ndim >= 1, "h must have shape (d k) or (k,)")
+    _check_floating("u", u)
+    _check_floating("h", h)
+    if D is not None:
+        _check_floating("D", D)
     n = u.shape[-1]
+    check(n >= 1, f"u must hold at least one position, got shape {tuple(u.shape)}")
+    check(h.shape[-1] >= 1, f"h must hold at least one tap, got {tuple(h.shape)}")
     check(h.shape[-1] <= n, f"h (length {h.shape[-1]}) longer than u (length {n})")
     try:
         torch.broadcast_shapes(u.shape[:-1], h.shape[:-1])

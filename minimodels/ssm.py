@@ -62,10 +62,29 @@ __all__ = [
 
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("inv", "lin")
+REAL_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_input(name: str, u: Tensor, layout: str, ndim: int) -> None:
+    """A floating (b n d) or (b d) input with at least one position."""
+    check_ndim(name, u, ndim, layout)
+    check(
+        u.is_floating_point(),
+        f"{name} must be a floating-point tensor, got {u.dtype} (integer inputs "
+        "would be truncated)",
+    )
+    if ndim == 3:
+        check(u.shape[1] >= 1, f"{name} must hold at least one position, got "
+                               f"shape {tuple(u.shape)}")  # fmt: skip
 
 
 def _check_diag(A: Tensor, B: Tensor, dt: Tensor) -> None:
     check(A.is_complex(), f"A must be complex (the diagonal of A), got {A.dtype}")
+    check(
+        A.dtype in (torch.complex64, torch.complex128),
+        f"A must be complex64 or complex128, got {A.dtype} (complex half has no "
+        "exp or FFT here)",
+    )
     check(A.shape == B.shape, f"A {tuple(A.shape)} and B {tuple(B.shape)} differ")
     check(not dt.is_complex(), "dt must be real")
     check(
@@ -147,7 +166,7 @@ def ssm_scan(
 
     A_bar, B_bar, C: (d s) complex; ``state`` (b d s) continues an earlier scan.
     """
-    check_ndim("u", u, 3, "b n d")
+    _check_input("u", u, "b n d", 3)
     check(u.shape[-1] == A_bar.shape[0], "u's last axis must match A's channels")
     if state is None:
         state = u.new_zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype)
@@ -214,8 +233,18 @@ class S4D(nn.Module):
             p._optim = dict(optim)  # type: ignore[attr-defined]
 
     # --- the parameters in the paper's notation -------------------------------
+    def _check_dtype(self) -> None:
+        check(
+            self.D.dtype in REAL_DTYPES,
+            f"S4D's parameters must be float32 or float64, got {self.D.dtype}: its "
+            "kernel is computed in complex arithmetic, which has no float16/bfloat16 "
+            "form here (keep the layer in float32 and feed it half inputs, or use "
+            "torch.autocast)",
+        )
+
     @property
     def A(self) -> Tensor:  # (d s) complex, Re A < 0
+        self._check_dtype()
         return torch.complex(-torch.exp(self.log_A_real), self.A_imag)
 
     @property
@@ -228,6 +257,7 @@ class S4D(nn.Module):
 
     def discrete(self) -> tuple[Tensor, Tensor]:
         """Ā, B̄ (d s) for this layer's discretization."""
+        self._check_dtype()
         A_bar, B_bar, _ = _discretize(
             self.A, torch.view_as_complex(self.B), self.dt, self.discretization
         )
@@ -235,13 +265,14 @@ class S4D(nn.Module):
 
     def kernel(self, L: int, *, backward: bool = False) -> Tensor:
         """K̄ (d L); ``backward=True`` gives the anti-causal one (bidirectional)."""
+        self._check_dtype()
         B = torch.view_as_complex(self.B)
         C = self._C(backward)
         return ssm_kernel(self.A, B, C, self.dt, L, discretization=self.discretization)
 
     # --- convolution mode --------------------------------------------------------
     def forward(self, u: Tensor) -> Tensor:  # u: (b n d) -> (b n d)
-        check_ndim("u", u, 3, "b n d")
+        _check_input("u", u, "b n d", 3)
         check(u.shape[-1] == self.d_model, f"u's last axis must be {self.d_model}")
         L = u.shape[1]
         u_t = rearrange(u, "b n d -> b d n")
@@ -264,7 +295,7 @@ class S4D(nn.Module):
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step of eq. (4): u_t (b d), state (b d s) -> y_t (b d), new state."""
         check(not self.bidirectional, "a bidirectional S4D has no recurrent mode")
-        check_ndim("u_t", u_t, 2, "b d")
+        _check_input("u_t", u_t, "b d", 2)
         A_bar, B_bar = self.discrete()
         state = A_bar * state + B_bar * u_t[..., None]
         y = 2 * (self._C() * state).sum(-1).real + self.D * u_t
@@ -273,7 +304,7 @@ class S4D(nn.Module):
     def scan(self, u: Tensor, state: Tensor | None = None) -> Tensor:
         """Recurrent mode over a whole sequence: u (b n d) -> (b n d) == forward(u)."""
         check(not self.bidirectional, "a bidirectional S4D has no recurrent mode")
-        check_ndim("u", u, 3, "b n d")
+        _check_input("u", u, "b n d", 3)
         A_bar, B_bar = self.discrete()
         y, _ = ssm_scan(A_bar, B_bar, self._C(), u, state)
         return y + u * self.D

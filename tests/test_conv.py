@@ -146,6 +146,27 @@ def test_bad_inputs_name_the_argument(fn):
         fn(u, torch.randn(3, 8), torch.randn(5))
 
 
+@pytest.mark.parametrize("fn", [conv.conv_direct, *PATHS], ids=lambda f: f.__name__)
+def test_integer_inputs_are_refused_by_name(fn):
+    u, h, D = torch.randn(2, 3, 8), torch.randn(3, 8), torch.randn(3)
+    ints = torch.ones(2, 3, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="u must be a floating-point tensor"):
+        fn(ints, h)
+    with pytest.raises(ValueError, match="h must be a floating-point tensor"):
+        fn(u, ints[0])
+    with pytest.raises(ValueError, match="D must be a floating-point tensor"):
+        fn(u, h, torch.ones(3, dtype=torch.int32))
+    fn(u, h, D)  # the same shapes in floating point are fine
+
+
+@pytest.mark.parametrize("fn", [conv.conv_direct, *PATHS], ids=lambda f: f.__name__)
+def test_empty_sequences_are_refused_by_name(fn):
+    with pytest.raises(ValueError, match="u must hold at least one position"):
+        fn(torch.randn(2, 3, 0), torch.randn(3, 0))
+    with pytest.raises(ValueError, match="h must hold at least one tap"):
+        fn(torch.randn(2, 3, 4), torch.randn(3, 0))
+
+
 def test_bad_monarch_arguments():
     with pytest.raises(ValueError, match="factors"):
         conv.fft_monarch(torch.randn(12), (5, 2))

@@ -276,6 +276,49 @@ def test_bad_inputs_are_errors():
         discretize_zoh(A, B, dt[:1])
 
 
+def test_integer_inputs_are_refused_by_name():
+    m = S4D(4, d_state=4)
+    ints = torch.ones(1, 10, 4, dtype=torch.long)
+    for fn in (m.forward, m.scan):
+        with pytest.raises(ValueError, match="u must be a floating-point tensor"):
+            fn(ints)
+    with pytest.raises(ValueError, match="u_t must be a floating-point tensor"):
+        m.step(ints[:, 0], m.init_state(1))
+    A_bar, B_bar = m.discrete()
+    with pytest.raises(ValueError, match="u must be a floating-point tensor"):
+        ssm_scan(A_bar, B_bar, A_bar, ints)
+
+
+def test_empty_sequences_are_refused_by_name():
+    m = S4D(4, d_state=4)
+    for fn in (m.forward, m.scan):
+        with pytest.raises(ValueError, match="u must hold at least one position"):
+            fn(torch.randn(2, 0, 4))
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_layer_is_refused_with_a_clear_error(dtype):
+    m = S4D(4, d_state=4).to(dtype)
+    u = torch.randn(1, 8, 4, dtype=dtype)
+    for call in (lambda: m(u), lambda: m.scan(u), lambda: m.kernel(8)):
+        with pytest.raises(ValueError, match="float32 or float64, got torch"):
+            call()
+    with pytest.raises(ValueError, match="complex64 or complex128"):
+        A = torch.full((1, 2), complex(-0.5, 1.0)).to(torch.complex32)
+        ssm_kernel(A, A, A, torch.ones(1, dtype=dtype), 4)
+
+
+def test_float32_layer_takes_half_inputs_and_returns_their_dtype():
+    torch.manual_seed(0)
+    m = S4D(4, d_state=8)
+    u = torch.randn(2, 16, 4)
+    with torch.no_grad():
+        y = m(u.bfloat16())
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), m(u), rtol=0.05, atol=0.05)
+
+
 def test_mixer_in_lm_is_causal_and_generates_recurrently():
     torch.manual_seed(0)
     model = LM(16, 32, 2, mixer_factory("s4d", d_state=8)).double().eval()
