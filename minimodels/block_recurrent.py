@@ -31,7 +31,7 @@ from minimodels.block_recurrent_cell import (
     attend,
     window_mask,
 )
-from minimodels.lm import MLP, init_embedding, sample_logits
+from minimodels.lm import MLP, check_sampling, init_embedding, sample_logits
 
 __all__ = [
     "attend",
@@ -44,15 +44,8 @@ __all__ = [
     "RecurrentTrainWrapper",
     "RecurrentTrainerWrapper",
     "BlockRecurrentLM",
-    "check_sampling",
     "distant_recall",
 ]
-
-
-def check_sampling(temperature: float, top_k: int | None) -> None:
-    """The checks of ``minimodels.lm.LM.generate``, with the same messages."""
-    check(temperature >= 0, f"temperature must be >= 0, got {temperature}")
-    check(top_k is None or top_k > 0, f"top_k must be positive, got {top_k}")
 
 
 class BlockRecurrentTransformer(nn.Module):

@@ -257,7 +257,7 @@ def test_generate_checks_its_sampling_arguments_like_lm():
     prime = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
         wrapper.generate(prime, 6, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k must be positive, got 0"):
+    with pytest.raises(ValueError, match="top_k must be a positive integer or None, got 0"):
         wrapper.generate(prime, 6, top_k=0)
     top1 = wrapper.generate(prime, 9, top_k=1, generator=torch.Generator())
     assert torch.equal(top1, wrapper.generate(prime, 9, temperature=0.0))
