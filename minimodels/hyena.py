@@ -22,10 +22,17 @@ O(N d n log n); materialized, (2) costs O(d n^2). The filters are implicit
 
     h_t = Window(t) · FFN(PositionalEncoding(t)),                               (3)
 
-PositionalEncoding(t) = [t, cos(2π f t'/L), -sin(2π f t'/L)] at (emb_dim - 1)/2
-frequencies f, FFN = Linear, then (Linear, Sin) layers with a Sin activation
-sin(w x) of learned frequency w, and Window(t) = exp(-abs(δ_c) t) + shift, a fixed
-exponential decay whose rate δ_c differs per channel (fast to slow). The filters
+PositionalEncoding(t) = [t, cos(2π f t'/L), -sin(2π f t'/L)] at B = (emb_dim - 1)/2
+frequencies f = linspace(1e-4, B - 1, B), as in safari: with the default emb_dim = 3
+(safari's default too) the only band is f = 1e-4, whose cos and sin are constant to
+within 1e-3, so only t varies; emb_dim = 5 (safari's recall config) adds f = 1.
+FFN = Linear, then (Linear, Sin) layers with a Sin activation sin(w x) of learned
+frequency w, and Window(t) = exp(-abs(δ_c) t) + shift, a fixed exponential decay
+whose rate δ_c runs from slow to fast across the N d filter channels. As in
+safari's ``HyenaOperator`` the channels are dealt out to the N filters
+*interleaved* (channel j goes to filter j mod N, as safari's rearrange
+``(v o) -> o v``), so every filter h^i spans the whole slow-to-fast range (safari's
+``standalone_hyena.py`` splits them into contiguous blocks instead). The filters
 are generated at ``max_len`` positions; a shorter input uses their prefix, so a
 filter is the same function of the lag at every input length.
 
@@ -34,9 +41,12 @@ Variants (``filter=``): "implicit" (3); "explicit", a free parameter per lag;
 2023, arXiv:2212.14052) is order 2 with SSM filters: ``h3_as_hyena``.
 
 Differences from the safari code, on purpose: (1) has N long filters as in the
-paper's Algorithm 3 (safari's ``HyenaOperator`` gates first and uses N - 1
-long filters, the short convolution playing the first filter's part); inputs
-longer than ``max_len`` are an error (safari silently truncates the filter).
+paper's Algorithm 3; safari's ``HyenaOperator`` (src/models/sequence/hyena.py)
+gates first and uses N - 1 long filters, the short convolution on v playing the
+first filter's part: safari's order N is this order N with h^1 = 0 and D^1 = 1,
+and so has one FFT convolution and F d + d parameters (F = ``filter_order``)
+fewer. Inputs longer than ``max_len`` are an error (safari silently truncates
+the filter). safari requires N >= 2; here N = 1 is a gated long convolution.
 
 Shapes: b batch, n sequence, d channels (model dim), o order (N), l filter
 length, e positional-encoding width, f filter-MLP width.
@@ -289,7 +299,9 @@ def hyena_matrix(x: Sequence[Tensor], h: Tensor, D: Tensor) -> Tensor:
     n = h.shape[-1]
     H = torch.eye(n, dtype=h.dtype, device=h.device)
     for x_i, h_i, D_i in zip(x, h, D):
-        S = toeplitz(h_i, n) + D_i[:, None, None] * torch.eye(n, dtype=h.dtype)
+        S = toeplitz(h_i, n) + D_i[:, None, None] * torch.eye(
+            n, dtype=h.dtype, device=h.device
+        )
         H = x_i[..., None] * (S @ H)  # diag(x) S H: scale row t by x_t
     return H
 
@@ -348,8 +360,9 @@ class HyenaOperator(nn.Module):
         return cls(options.pop("dim"), **options)
 
     def filters(self, n: int) -> Tensor:
-        """h^1 .. h^N for length n <= max_len: (o d n)."""
-        return rearrange(self.filter_fn(n), "(o d) l -> o d l", o=self.order)
+        """h^1 .. h^N for length n <= max_len: (o d n). Channels are interleaved
+        as in safari, so each h^i has window rates from slowest to fastest."""
+        return rearrange(self.filter_fn(n), "(d o) l -> o d l", o=self.order)
 
     def project(self, u: Tensor) -> tuple[list[Tensor], Tensor]:
         """u (b n c) -> gates x^1..x^N and v, each (b d n)."""
@@ -357,9 +370,17 @@ class HyenaOperator(nn.Module):
         *x, v = z.split(self.dim, dim=1)
         return x, v
 
-    def forward(self, u: Tensor) -> Tensor:  # u: (b n c)
+    def _check_input(self, u: Tensor) -> None:
         check_ndim("u", u, 3, "b n c")
         check(u.shape[-1] == self.dim, f"u's last axis must be dim={self.dim}")
+        check(
+            u.is_floating_point(),
+            f"u must be a floating-point tensor (embed token ids first), got {u.dtype}",
+        )
+        check(u.shape[1] > 0, "u must hold at least one position, got length 0")
+
+    def forward(self, u: Tensor) -> Tensor:  # u: (b n c)
+        self._check_input(u)
         x, v = self.project(u)
         h = self.filters(u.shape[1]).to(v.dtype)
         y = hyena_recurrence(x, v, h, self.D.to(v.dtype), fast=self.config.fast)
@@ -367,8 +388,10 @@ class HyenaOperator(nn.Module):
 
     def matrix(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """H(u) (b d n n) of eq. (2) and v (b d n): ``forward`` is out(H(u) v)."""
+        self._check_input(u)
         x, v = self.project(u)
-        return hyena_matrix(x, self.filters(u.shape[1]).to(v.dtype), self.D), v
+        h, D = self.filters(u.shape[1]).to(v.dtype), self.D.to(v.dtype)
+        return hyena_matrix(x, h, D), v
 
 
 def h3_as_hyena(dim: int, *, max_len: int, d_state: int = 64) -> HyenaOperator:

@@ -1,12 +1,13 @@
 import inspect
 import json
+import math
 from dataclasses import MISSING, fields
 from functools import partial
 
 import pytest
 import torch
 
-from minimodels.conv import toeplitz
+from minimodels.conv import fft_conv, toeplitz
 from minimodels.hyena import (
     FILTERS,
     HyenaConfig,
@@ -120,6 +121,74 @@ def test_implicit_filter_has_the_window_and_few_parameters():
     assert mlp == 3 * 8 + 8 + 2 * (8 * 8 + 8) + 8 + 8 * 32  # + shared Sin freq
 
 
+def _window_rates(op: HyenaOperator) -> torch.Tensor:
+    """Each filter channel's decay rate (o d), read off the filters themselves: with
+    the MLP replaced by ones, h_t = exp(-|delta| t), so |delta| = -log(h_1) / t_1."""
+    channels = op.order * op.dim
+
+    class Ones(torch.nn.Module):
+        def forward(self, z):
+            return torch.ones(z.shape[0], channels)
+
+    op.filter_fn.mlp = Ones()
+    h = op.filters(2).detach()
+    t1 = op.filter_fn.pos_emb.t[1, 0]
+    return -torch.log(h[..., 1] / h[..., 0]) / t1
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_every_filter_spans_the_full_window_range(order):
+    """safari interleaves the window rates over the filters (``(v o) -> o v``):
+    each h^i has channels from the slowest rate to the fastest."""
+    rates = _window_rates(HyenaOperator(16, max_len=64, order=order))
+    slow, fast = math.log(100) / 1.5, math.log(100) / 0.3  # 3.07 and 15.35
+    torch.testing.assert_close(rates.min(), torch.tensor(slow), rtol=1e-4, atol=0)
+    torch.testing.assert_close(rates.max(), torch.tensor(fast), rtol=1e-4, atol=0)
+    step = (fast - slow) / (16 * order - 1)
+    for i in range(order):  # within one step of the extremes, every filter
+        assert rates[i].min() <= slow + order * step
+        assert rates[i].max() >= fast - order * step
+    # and the channels of one filter are in slow-to-fast order
+    assert torch.all(rates[:, 1:] > rates[:, :-1])
+
+
+def test_positional_encoding_bands_follow_safari():
+    """safari's f = linspace(1e-4, B - 1, B): emb_dim 3 has only f = 1e-4, whose
+    cos and sin are constant; emb_dim 5 adds f = 1, one period over max_len."""
+    from minimodels.hyena import PositionalEmbedding
+
+    z3, t = PositionalEmbedding(3, 1024, lr=0.0)(1024)
+    assert torch.equal(z3[:, 0:1], t)
+    assert z3[:, 1].min() > 1 - 1e-6 and z3[:, 2].abs().max() < 1e-3
+    z5, _ = PositionalEmbedding(5, 1024, lr=0.0)(1024)
+    assert z5[:, 2].min() < -0.99 and z5[:, 2].max() > 0.99  # cos of f = 1
+    assert z5[:, 4].min() < -0.99 and z5[:, 4].max() > 0.99  # -sin of f = 1
+    torch.testing.assert_close(z5[:, [0, 1, 3]], z3)
+
+
+def _safari_forward(x, v, k, bias):
+    """safari's HyenaOperator loop (src/models/sequence/hyena.py), N gates x[0..N-1]
+    and N - 1 long filters k: gate, then convolve; the last gate is x[0]."""
+    for o, x_i in enumerate(reversed(x[1:])):
+        v = fft_conv(v * x_i, k[o], bias[o])
+    return v * x[0]
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_safari_order_n_is_ours_with_an_identity_first_filter(order):
+    """safari's order N is (1) with the gates reversed, h^1 = 0 and D^1 = 1."""
+    torch.manual_seed(order)
+    b, d, n = 2, 3, 12
+    x = [torch.randn(b, d, n, dtype=torch.float64) for _ in range(order)]
+    v = torch.randn(b, d, n, dtype=torch.float64)
+    k = torch.randn(order - 1, d, n, dtype=torch.float64)
+    bias = torch.randn(order - 1, d, dtype=torch.float64)
+    h = torch.cat([torch.zeros(1, d, n, dtype=torch.float64), k])
+    D = torch.cat([torch.ones(1, d, dtype=torch.float64), bias])
+    ours = hyena_recurrence(x[::-1], v, h, D)
+    torch.testing.assert_close(ours, _safari_forward(x, v, k, bias))
+
+
 def test_parameter_groups_follow_safari():
     op = HyenaOperator(8, max_len=16, filter_lr=2e-3, pos_emb_lr=0.0)
     assert all(p._optim["lr"] == 2e-3 for p in op.filter_fn.mlp.parameters())
@@ -161,12 +230,38 @@ def test_bad_config_is_a_clear_error(options, name):
         HyenaConfig(dim=8, **options)
 
 
-def test_bad_input_is_a_clear_error():
-    op = HyenaOperator(8, max_len=16)
+@pytest.mark.parametrize("method", ["forward", "matrix"])
+def test_bad_input_is_a_clear_error(method):
+    op = getattr(HyenaOperator(8, max_len=16), method)
     with pytest.raises(ValueError, match="b n c"):
         op(torch.randn(16, 8))
     with pytest.raises(ValueError, match="dim=8"):
         op(torch.randn(1, 16, 4))
+    with pytest.raises(ValueError, match="u must be a floating-point.*int64"):
+        op(torch.randint(0, 5, (1, 16, 8)))
+    with pytest.raises(ValueError, match="length 0"):
+        op(torch.randn(2, 0, 8))
+
+
+def test_matrix_is_built_on_the_input_device():
+    """``torch.eye`` without a device put H(u) on the CPU whatever the input's
+    device; the meta device shows it without a GPU."""
+    op = HyenaOperator(4, max_len=8).to("meta")
+    H, v = op.matrix(torch.randn(2, 8, 4, device="meta"))
+    assert H.device.type == v.device.type == "meta" and H.shape == (2, 4, 8, 8)
+    x = [torch.randn(1, 4, 8, device="meta")] * 2
+    h, D = torch.randn(2, 4, 8, device="meta"), torch.randn(2, 4, device="meta")
+    assert hyena_matrix(x, h, D).device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_matrix_on_cuda_equals_forward():
+    op = _op(dim=4, max_len=16).cuda()
+    u = torch.randn(2, 16, 4, dtype=torch.float64, device="cuda")
+    H, v = op.matrix(u)
+    y = op.out_proj(torch.einsum("bdts,bds->btd", H, v))
+    torch.testing.assert_close(y, op(u), rtol=1e-9, atol=1e-10)
 
 
 def test_works_in_the_language_model():
