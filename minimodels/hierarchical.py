@@ -31,6 +31,7 @@ s stride, g groups (k / s), h heads, d head dim, w window, v vocabulary.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -61,6 +62,19 @@ __all__ = [
     "HierarchicalMerge",
     "HierarchicalTransformer",
 ]
+
+
+def _check_int(**values: Any) -> None:
+    """Each value must be an integer (not a float, not a bool): names the first."""
+    for name, value in values.items():
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        check(ok, f"{name} must be an integer, got {value!r}")
+
+
+def _check_ids(ids: Tensor) -> None:
+    check_ndim("ids", ids, 2, "b n")
+    check(not ids.is_floating_point(), f"ids must be integer tokens, got {ids.dtype}")
+    check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
 
 
 def shift_right(x: Tensor, amount: int) -> Tensor:
@@ -127,8 +141,11 @@ class LocalAttention(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
+        _check_int(dim=dim, heads=heads, dim_head=dim_head)
         check_positive(dim=dim, heads=heads, dim_head=dim_head)
-        check(window is None or window > 0, f"window must be > 0, got {window}")
+        if window is not None:
+            _check_int(window=window)
+            check(window > 0, f"window must be > 0, got {window}")
         self.heads, self.window, self.fast = heads, window, fast
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
@@ -155,6 +172,7 @@ class Shorten(nn.Module):
 
     def __init__(self, dim: int, factor: int, *, shift: bool = True) -> None:
         super().__init__()
+        _check_int(dim=dim, factor=factor)
         check_positive(dim=dim, factor=factor)
         self.factor, self.shift = factor, shift
         self.proj = nn.Linear(factor * dim, dim)
@@ -184,8 +202,10 @@ class Hourglass(nn.Module):
         shift: bool = True,
     ) -> None:
         super().__init__()
+        _check_int(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check_positive(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
+        _check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
         self.factor = factor
 
         def blocks(count: int) -> nn.ModuleList:
@@ -201,7 +221,7 @@ class Hourglass(nn.Module):
         init_embedding(self.embed)
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
-        check_ndim("ids", ids, 2, "b n")
+        _check_ids(ids)
         n = ids.shape[1]
         x = self.embed(F.pad(ids, (0, (-n) % self.factor)))
         for block in self.pre:
@@ -337,9 +357,11 @@ class HierarchicalTransformer(nn.Module):
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
+        _check_int(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
         check_positive(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
         ks = hierarchies if isinstance(hierarchies, (tuple, list)) else (hierarchies,)
         ks, L = tuple(ks), len(ks)
+        _check_int(**{f"hierarchies[{i}]": k for i, k in enumerate(ks)})
         check(L > 0 and all(k > 0 for k in ks), f"hierarchies must be > 0: {ks}")
         check(len(set(ks)) == L, f"hierarchies must be distinct, got {ks}")
         dims, dim_heads, headss, ffs, windows, strides = (
@@ -354,6 +376,10 @@ class HierarchicalTransformer(nn.Module):
             )
         )
         for i, k in enumerate(ks):
+            _check_int(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
+            _check_int(ff_mult=ffs[i], hierarchical_stride=strides[i])
+            if windows[i] is not None:
+                _check_int(window_sizes=windows[i])
             check_positive(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
             check_positive(ff_mult=ffs[i], hierarchical_stride=strides[i])
             check_divides("hierarchical_stride", strides[i], f"hierarchy {k}", k)
@@ -398,7 +424,7 @@ class HierarchicalTransformer(nn.Module):
         init_embedding(self.token_emb)
 
     def _logits(self, ids: Tensor) -> Tensor:
-        check_ndim("ids", ids, 2, "b n")
+        _check_ids(ids)
         n = ids.shape[1]
         check(n <= self.seq_len, f"ids length {n} exceeds seq_len {self.seq_len}")
         ids = F.pad(ids, (0, (-n) % self.multiple))  # the padding is in the future

@@ -283,6 +283,12 @@ def test_costs_shrink_with_compression() -> None:
         (dict(window_sizes=-1), "window_sizes"),
         (dict(dim=0), "dim must be positive"),
         (dict(depth=0), "depth must be positive"),
+        (dict(dim=16.5), "dim must be an integer, got 16.5"),
+        (dict(depth=2.0), "depth must be an integer"),
+        (dict(hierarchies=(1, 2.0)), "hierarchies[1] must be an integer"),
+        (dict(hierarchies=(1, 2), window_sizes=(8.5, None)), "window_sizes must be an"),
+        (dict(hierarchies=(1, 4), hierarchical_stride=(1, 2.0)), "hierarchical_stride"),
+        (dict(heads=True), "heads must be an integer, got True"),
     ],
 )
 def test_bad_config_names_the_argument(config: dict, message: str) -> None:
@@ -299,6 +305,18 @@ def test_bad_input_names_the_argument() -> None:
         model(torch.zeros(65, dtype=torch.long))
     with pytest.raises(ValueError, match="depth must be 3 counts"):
         Hourglass(11, 16, depth=(1, 2))
+    with pytest.raises(ValueError, match="ids is an empty sequence"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="ids must be integer tokens"):
+        model(torch.zeros(1, 8))
+    with pytest.raises(ValueError, match="factor must be an integer, got 4.5"):
+        Hourglass(11, 16, factor=4.5)
+    with pytest.raises(ValueError, match=r"depth\[1\] must be an integer"):
+        Hourglass(11, 16, depth=(1, 2.0, 1))
+    with pytest.raises(ValueError, match="ids is an empty sequence"):
+        Hourglass(11, 16)(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="window must be an integer"):
+        LocalAttention(16, heads=2, dim_head=8, window=3.5)
 
 
 def test_benchmark_runs_at_toy_size(tmp_path) -> None:
