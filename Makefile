@@ -1,29 +1,37 @@
-# make test  : lint, unit tests, notebooks in sync, every chapter executed by nbval,
-#              the book built with warnings as errors, and the site checked in a browser
-# make book  : build the HTML site (fully offline) and print where to open it
-# make lab   : open the chapters in JupyterLab
-# make bench : run every benchmark at its CPU size (JSON under _build/bench)
-# make clean : remove what the build made
+# make test   : lint, unit tests, notebooks in sync, every chapter executed once by
+#               nbval (the book build reuses those executions from the jupyter-cache),
+#               the book built with warnings as errors, the site checked in a browser,
+#               and a table of each chapter's time against its budget
+# make book   : build the HTML site (fully offline) and print where to open it; a
+#               chapter that fails stops the build and no site is written
+# make budget : execute every chapter and fail if one exceeds its CPU budget
+#               (book.toml); meant for an idle machine
+# make lab    : JupyterLab at the repository root, so saves go through Jupytext
+# make bench  : run every benchmark at its CPU size (JSON under _build/bench)
+# make clean  : remove what the build made
 #
 # TORCH picks the PyTorch wheel: plain `torch` gets the default (CUDA) build; CI
-# passes TORCH="torch==2.13.0", a CPU build.
+# passes TORCH="torch==2.13.0", a CPU build. TORCH_INDEX, when set, is the wheel
+# index pip installs torch from, e.g. PyTorch's CPU-only wheels on a machine
+# without a GPU: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 PYTHON ?= python3
 TORCH ?= torch>=2.4
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 SITE := _build/html/index.html
 
-.PHONY: install test unit lint notebooks nbval site browser book lab clean bench
+.PHONY: install test unit lint notebooks nbval site browser book lab clean bench budget
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[all]"
 	touch $@
 
@@ -43,24 +51,31 @@ notebooks: config
 unit: notebooks
 	$(PY) -m pytest tests -q
 
+NBVAL = TRITON_INTERPRET=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=300 \
+	$(NOTEBOOKS) -q
+
 nbval: notebooks
-	TRITON_INTERPRET=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=300 \
-		$(NOTEBOOKS) -q
+	$(NBVAL)
+
+budget: notebooks
+	MINIMODELS_ENFORCE_BUDGETS=1 $(NBVAL)
 
 site: config
-	TRITON_INTERPRET=1 $(BIN)/jupyter-book build . --warningiserror --keep-going \
-		--quiet
+	$(PY) scripts/book.py build
 
 browser: site
 	$(PY) -m pytest site_tests -q
 
 test: lint unit nbval site browser
+	@echo "Chapter times (wall seconds on this machine; budgets from book.toml):"
+	@cat _build/chapter_times.txt
 
 book: site
 	@echo "The book is built: open file://$(CURDIR)/$(SITE)"
 
 lab: notebooks
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+		--LabApp.default_url=/lab/tree/notebooks
 
 bench: install
 	TRITON_INTERPRET=1 $(PY) -m benchmarks --all --out-dir _build/bench

@@ -5,8 +5,10 @@ need not execute every chapter a second time, a chapter whose cells all passed i
 stored, with the outputs nbval saw, in the Jupyter Book execution cache
 (``_build/.jupyter_cache``); the build then finds it there. The notebook stored is
 read from the chapter's MyST file by myst-nb's own reader, so its hash is the one
-the build computes. Each chapter's time is also checked against its CPU budget in
-book.toml.
+the build computes. Each chapter's time is reported against its CPU budget in
+book.toml, in a table at the end of the run; the budgets fail the run only when
+``MINIMODELS_ENFORCE_BUDGETS=1`` (``make budget``, meant for an idle machine: on a
+busy one the same chapter takes two or three times as long).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MINIMODELS_JUPYTER_CACHE", ROOT / "_build/.jupyter_cache"))
+TIMES = ROOT / "_build" / "chapter_times.txt"
 
 _failed: set[str] = set()
 _seconds: dict[str, float] = defaultdict(float)
@@ -92,13 +95,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         budget = budgets.get(stem)
         if budget is not None and _seconds[stem] > budget:
             over.append(f"{stem}: {_seconds[stem]:.0f} s > budget {budget} s")
+    enforce = os.environ.get("MINIMODELS_ENFORCE_BUDGETS") == "1"
+    lines = [f"{'chapter':40s} {'seconds':>8s}  budget"]
+    lines += [
+        f"{stem:40s} {_seconds[stem]:8.1f}  {budgets.get(stem, '?')}"
+        for stem in sorted(_seconds)
+    ]
+    lines += [f"over budget: {line}" for line in over]
+    TIMES.parent.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text("\n".join(lines) + "\n")  # `make test` prints it at the end
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_sep("-", "chapter times (budget from book.toml)")
-        for stem in sorted(_seconds):
-            budget = budgets.get(stem, "?")
-            reporter.write_line(f"{stem:40s} {_seconds[stem]:7.1f} s  / {budget} s")
-        for line in over:
-            reporter.write_line(f"OVER BUDGET {line}", red=True)
-    if over and session.exitstatus == 0:
+        reporter.write_sep("-", "chapter times, wall seconds (budget from book.toml)")
+        for line in lines:
+            reporter.write_line(line)
+    if over and enforce and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,6 +1,7 @@
 """Generate the Jupyter Book config (``_config.yml``, ``_toc.yml``) from book.toml.
 
     python scripts/book.py config   # write _config.yml, _toc.yml and api.md
+    python scripts/book.py build    # build the site; refuse it if a chapter fails
     python scripts/book.py list     # print the chapter list as Markdown
     python scripts/book.py files    # print the chapter files, in order
 
@@ -16,7 +17,10 @@ package (autodoc renders their docstrings).
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -166,6 +170,32 @@ def chapter_list(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def build(root: Path = ROOT) -> int:
+    """Build the site under ``root/_build/html`` with warnings as errors.
+
+    A chapter whose execution fails fails the build (its cell and traceback are
+    printed, ``nb_execution_show_tb``), and then no site is left behind: a
+    reader never opens a page showing a traceback. The execution reports
+    (``reports/``, error logs) are never part of the site.
+    """
+    html = root / "_build" / "html"
+    shutil.rmtree(html, ignore_errors=True)
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jupyter_book), "build", str(root), "--warningiserror"]
+    result = subprocess.run([*command, "--keep-going", "--quiet"], env=env)
+    if result.returncode != 0:
+        shutil.rmtree(html, ignore_errors=True)
+        print(
+            "\nThe book did not build: a chapter failed or Sphinx warned (the cell "
+            "and the error are above). No site was written.",
+            file=sys.stderr,
+        )
+        return 1
+    shutil.rmtree(html / "reports", ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str]) -> None:
     manifest = load_manifest()
     command = argv[1] if len(argv) > 1 else "config"
@@ -175,12 +205,16 @@ def main(argv: list[str]) -> None:
         (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
         note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
         (ROOT / "api.md").write_text(note + api_page(manifest))
+    elif command == "build":
+        sys.exit(build())
     elif command == "list":
         print(chapter_list(manifest))
     elif command == "files":  # the chapters in the book, for make
         print(" ".join(c["file"] for c in manifest["chapters"]))
     else:
-        raise SystemExit(f"unknown command {command!r}: use config, list or files")
+        raise SystemExit(
+            f"unknown command {command!r}: use config, build, list or files"
+        )
 
 
 if __name__ == "__main__":

@@ -154,3 +154,33 @@ def test_bibliography_lists_the_papers():
         assert title.lower() in text.lower(), title  # the style lowercases titles
     entries = (ROOT / _manifest()["book"]["bibliography"]).read_text().count("\n@")
     assert text.count("arXiv preprint") >= entries
+
+
+def test_no_execution_reports_are_published():
+    assert not (HTML / "reports").exists()
+    assert not list(HTML.rglob("*.err.log"))
+
+
+def test_no_page_shows_a_traceback():
+    for page in _pages():
+        text = page.read_text()
+        assert "Traceback (most recent call last)" not in text, page.name
+        assert 'class="output traceback' not in text, page.name
+
+
+def test_the_build_reused_the_nbval_executions():
+    """`make test` executes each chapter once: nbval stores every chapter it ran
+    in the jupyter-cache, and the book build finds it there. A chapter the build
+    executed itself would be stored with the build's own record instead."""
+    if os.environ.get("MINIMODELS_FRESH_BUILD") == "1":
+        pytest.skip("the book was built without nbval first")
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(ROOT / "_build" / ".jupyter_cache"))
+    sources: dict[str, set] = {}
+    for record in cache.list_cache_records():
+        source = (record.data or {}).get("source")
+        sources.setdefault(Path(record.uri).name, set()).add(source)
+    for chapter in _manifest()["chapters"]:
+        name = Path(chapter["file"]).name
+        assert sources.get(name) == {"nbval"}, f"{name}: executed by {sources.get(name)}"
