@@ -183,4 +183,4 @@ def test_the_build_reused_the_nbval_executions():
         sources.setdefault(Path(record.uri).name, set()).add(source)
     for chapter in _manifest()["chapters"]:
         name = Path(chapter["file"]).name
-        assert sources.get(name) == {"nbval"}, f"{name}: executed by {sources.get(name)}"
+        assert sources.get(name) == {"nbval"}, f"{name}: run by {sources.get(name)}"
