@@ -1,112 +1,94 @@
-"""The bake-off of chapter 9 at any size: quality and speed of every contender.
+"""The bake-off of chapter 9: every contender on recall, tuned, over seeds.
 
-Trains every contender of ``minimodels.bakeoff`` (an LM of about ``--params``
-parameters) with the same budget on associative recall at each ``--recall``
-length, induction heads and bits per byte on Python's standard library, then
-times forward + backward at each ``--speed`` length (width ``--speed-dim``). It
-prints both tables, with each contender's time as a ratio to attention's in the
-same run, and writes everything as JSON.
+Two phases, one grid file (``minimodels.experiments``):
 
-CPU, the size chapter 9 shows:
+1. **tuning**: every contender x learning rate (``--lrs``) x tuning seed
+   (``--seeds``, default seed 0 only: two CPU cores shared by many allow no
+   more), with ``minimodels.bakeoff.RECIPE`` for the rest; each run is scored
+   on 1,000 validation questions and 1,000 separate test questions;
+2. **new seeds**: each contender again at the learning rate whose mean
+   validation accuracy was best (``experiments.tune``), from seeds that played
+   no part in choosing it (``--new-seeds``, default 1 2 3): these are the runs
+   the chapter reports, on their test questions.
 
-    python -m benchmarks.bakeoff --out figures/data/bakeoff_cpu.json
+It prints each phase's test accuracy per contender (mean, min, max over seeds)
+and writes every row with its provenance. A finished cell is never re-run, so an
+interrupted run resumes. The committed CPU run (about 15 CPU-minutes):
 
-H100, the larger run the chapter shows beside it:
-
-    python -m benchmarks.bakeoff --device cuda --params 2000000 --steps 2000 \\
-        --recall 255 1023 4095 --induction 1024 --bytes 1024 \\
-        --speed 1024 4096 16384 65536 --speed-dim 512 \\
-        --out figures/data/bakeoff_h100.json
+    nice -n 10 python -m benchmarks.bakeoff --out figures/data/bakeoff_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from minimodels import bakeoff, bench
-from minimodels.data import stdlib_corpus
-from minimodels.train import TrainConfig
+from minimodels import bakeoff, experiments
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--contenders", nargs="+", default=list(bakeoff.CONTENDERS))
-    p.add_argument("--params", type=int, default=60_000)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--recall", type=int, nargs="*", default=[63, 255])
-    p.add_argument("--induction", type=int, nargs="*", default=[64])
-    p.add_argument("--bytes", type=int, nargs="*", default=[128])
-    p.add_argument("--corpus-bytes", type=int, default=1_000_000)
-    p.add_argument("--examples", type=int, default=4000, help="per synthetic task")
-    p.add_argument("--speed", type=int, nargs="*", default=[256, 512, 1024, 2048])
-    p.add_argument("--speed-dim", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--contenders", nargs="+", default=list(bakeoff.CONTENDERS),
+                   choices=list(bakeoff.CONTENDERS))  # fmt: skip
+    p.add_argument("--lrs", type=float, nargs="+", default=list(bakeoff.LRS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--new-seeds", type=int, nargs="*", default=[1, 2, 3])
+    p.add_argument("--steps", type=int, default=bakeoff.RECIPE["steps"])
+    p.add_argument("--params", type=int, default=bakeoff.RECIPE["params"])
+    p.add_argument("--seq-len", type=int, default=bakeoff.RECIPE["seq_len"])
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 
-def tasks(args: argparse.Namespace) -> list[bakeoff.Task]:
-    found = [bakeoff.recall_task(n, examples=args.examples) for n in args.recall]
-    found += [bakeoff.induction_task(n, examples=args.examples) for n in args.induction]
-    if args.bytes:
-        corpus = stdlib_corpus(args.corpus_bytes)
-        found += [bakeoff.bytes_task(corpus, n) for n in args.bytes]
-    return found
+def cells(args: argparse.Namespace, lrs: dict[str, Sequence[float]], seeds) -> list:
+    recipe = {**bakeoff.RECIPE, "steps": args.steps, "params": args.params,
+              "seq_len": args.seq_len}  # fmt: skip
+    return [
+        {"contender": name, **recipe, "lr": lr, "seed": seed}
+        for name in args.contenders
+        for lr in lrs[name]
+        for seed in seeds
+    ]
 
 
-def speed_table(rows: list[dict]) -> str:
-    reference = {r["n"]: r["median_s"] for r in rows if r["contender"] == "attention"}
-    lines = [f"{'':16s}{'n':>7s}{'ms':>10s}{'MiB':>9s}{'/ attention':>13s}"]
-    for r in rows:
-        ratio = r["median_s"] / reference[r["n"]] if r["n"] in reference else None
-        shown = f"{ratio:13.2f}" if ratio is not None else f"{'':13s}"
-        lines.append(
-            f"{r['contender']:16s}{r['n']:7d}{r['median_s'] * 1e3:10.2f}"
-            f"{r['peak_bytes'] / 2**20:9.1f}{shown}"
-        )
+def report(rows: list[dict], title: str) -> str:
+    lines = [title, f"{'':16s}{'lr':>8s}{'test mean':>11s}{'min':>7s}{'max':>7s}"]
+    lr = {r["contender"]: r["lr"] for r in rows}
+    for s in experiments.summarize(rows, "test_acc"):
+        lines.append(f"{s['contender']:16s}{lr[s['contender']]:8.0e}"
+                     f"{s['mean']:11.3f}{s['min']:7.3f}{s['max']:7.3f}")  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=0.0,
-        warmup=min(20, args.steps // 10), eval_every=max(1, args.steps // 4),
-    )  # fmt: skip
-    quality = bakeoff.grid(
-        tasks(args), params=args.params, config=config, names=args.contenders,
-        device=args.device,
-    )  # fmt: skip
-    print(bakeoff.table(quality))
-    speed = [
-        row
-        for name in args.contenders
-        for row in bakeoff.speed(
-            name,
-            args.speed,
-            dim=args.speed_dim,
-            repeats=args.repeats,
-            device=args.device,
-        )  # fmt: skip
-    ]
-    print(speed_table(speed))
-    result = {"config": vars(args) | {"out": str(args.out)}, "quality": quality,
-              "speed": speed}  # fmt: skip
+    command = shlex.join(
+        ["python", "-m", "benchmarks.bakeoff", *(argv or sys.argv[1:])]
+    )
+    run = dict(out=args.out, processes=args.processes, threads=args.threads,
+               command=command)  # fmt: skip
+    grid = cells(args, {name: args.lrs for name in args.contenders}, args.seeds)
+    rows = experiments.run_grid(bakeoff.cell, grid, description="tuning", **run)
+    tuned = experiments.tune(rows, select="val_acc")
+    print(report(tuned, f"tuning seeds {args.seeds}, at each best lr"))
+    best = {r["contender"]: [r["lr"]] for r in tuned}
+    new_rows: list[dict] = []
+    if args.new_seeds:
+        new = cells(args, best, args.new_seeds)
+        rows = experiments.run_grid(
+            bakeoff.cell, grid + new, description="new seeds", **run
+        )
+        new_rows = rows[len(grid) :]
+        print(report(new_rows, f"new seeds {args.new_seeds}"))
     if args.out:
-        bench.save_json(result, args.out, device=args.device)
         print(f"wrote {args.out}")
-    return result
+    return {"rows": rows, "tuned": tuned, "new": new_rows}
 
 
 if __name__ == "__main__":

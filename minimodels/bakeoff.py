@@ -13,12 +13,19 @@ Contenders (chapter): ``attention`` (0), ``s4d`` (2), ``h3`` (3), ``hyena`` (4),
 any of them as ``ids (b n) -> logits (b n v)``; ``width_for`` picks the width
 that gives a target parameter count, so the models compare at equal size.
 
+``cell`` is one training run of a grid (``minimodels.experiments.run_grid``):
+a contender, a learning rate and a seed on recall, scored on 1,000 validation
+questions (which choose the learning rate) and 1,000 separate test questions
+(which are reported). ``RECIPE`` is the book's recipe; ``BEST_LR`` the learning
+rate each contender's tuning chose (``benchmarks/bakeoff.py``).
+
 Shapes: b batch, n sequence, v vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +35,7 @@ from torch import Tensor, nn
 from minimodels import bench, data
 from minimodels._util import check, check_positive
 from minimodels.lm import LM, count_parameters, mixer_factory
-from minimodels.train import Data, TrainConfig, train
+from minimodels.train import Data, TrainConfig, evaluate, train
 
 __all__ = [
     "CONTENDERS",
@@ -38,13 +45,18 @@ __all__ = [
     "recall_task",
     "induction_task",
     "bytes_task",
+    "RECIPE",
+    "BEST_LR",
+    "recall_splits",
+    "cell",
     "run",
     "grid",
     "table",
     "speed",
 ]
 
-HEADS = 2  # every attention-like contender splits its width into 2 heads
+HEADS = 2  # attention-like contenders split their width into 2 heads ...
+DILATED_HEADS = 4  # ... except LongNet, whose heads must cover its largest r (4)
 WIDTH_STEP = 4  # widths are multiples of this
 
 
@@ -60,15 +72,11 @@ def _lm(mixer: str, options: Callable[[int, int], dict]) -> Builder:
     return make
 
 
-def _dilated_branches(n: int) -> dict:
-    """LongNet's geometric branches w = 16 * 4^i, r = 4^i, until w >= n."""
-    levels = 1
-    while 16 * 4 ** (levels - 1) < n:
-        levels += 1
-    return {
-        "segment_lengths": tuple(16 * 4**i for i in range(levels)),
-        "dilation_rates": tuple(4**i for i in range(levels)),
-    }
+# LongNet's branches w = 16 * 4^i, r = 4^i for i = 0, 1: every head j reads the
+# positions j mod r of a segment, so a branch of rate r needs >= r heads to reach
+# every position; the paper grows w and r with the length (and has the heads for
+# it), the bake-off stops at r = 4 with 4 heads: a reach of 64 tokens.
+DILATED_BRANCHES = {"segment_lengths": (16, 64), "dilation_rates": (1, 4)}
 
 
 def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
@@ -104,7 +112,7 @@ CONTENDERS: dict[str, tuple[int, Builder]] = {
     "hyena": (4, _lm("hyena", lambda d, n: {"max_len": n, "filter_order": 32})),
     "dilated": (
         6,
-        _lm("dilated", lambda d, n: {"heads": HEADS, **_dilated_branches(n)}),
+        _lm("dilated", lambda d, n: {"heads": DILATED_HEADS, **DILATED_BRANCHES}),
     ),
     "block_recurrent": (7, _block_recurrent),
     "hierarchical": (8, _hierarchical),
@@ -171,7 +179,7 @@ def recall_task(seq_len: int, vocab_size: int = 16, *, examples: int = 4000) -> 
     return Task(
         f"recall n={seq_len}",
         data.associative_recall(examples, seq_len, vocab_size, multi_query=True),
-        data.associative_recall(256, seq_len, vocab_size, seed=1),
+        data.associative_recall(QUESTIONS, seq_len, vocab_size, seed=VAL_SEED),
         vocab_size,
         seq_len,
         "accuracy",
@@ -182,11 +190,100 @@ def induction_task(seq_len: int, vocab_size: int = 16, *, examples: int = 4000) 
     return Task(
         f"induction n={seq_len}",
         data.induction_heads(examples, seq_len, vocab_size),
-        data.induction_heads(256, seq_len, vocab_size, seed=1),
+        data.induction_heads(QUESTIONS, seq_len, vocab_size, seed=VAL_SEED),
         vocab_size,
         seq_len,
         "accuracy",
     )
+
+
+# The book's recipe for recall (chapter 9): 31 tokens over a vocabulary of 16,
+# models of about 30,000 parameters, 400 AdamW steps of 32 sequences (warm-up
+# 20, cosine decay, no weight decay), 1,000 validation and 1,000 test questions.
+RECIPE: dict = {
+    "task": "recall",
+    "seq_len": 31,
+    "vocab_size": 16,
+    "params": 30_000,
+    "steps": 400,
+    "batch_size": 32,
+}
+EXAMPLES = 4000  # training sequences per seed
+QUESTIONS = 1000  # validation questions, and as many test questions
+VAL_SEED, TEST_SEED = 1, 2  # data seeds of the two question sets
+TRAIN_SEED_OFFSET = 100  # the training sequences of seed s use data seed 100 + s
+LRS = (1e-3, 3e-3, 1e-2)  # the grid each contender's learning rate is tuned on
+
+# The learning rate that tuning chose for each contender (the best mean
+# validation accuracy over seeds 0-2 on LRS; figures/data/bakeoff_cpu.json).
+BEST_LR: dict[str, float] = {
+    "attention": 3e-3,
+    "s4d": 3e-3,
+    "h3": 3e-3,
+    "hyena": 3e-3,
+    "dilated": 3e-3,
+    "block_recurrent": 3e-3,
+    "hierarchical": 3e-3,
+}
+
+_CELL_KEYS = {"contender", "lr", "seed", "dim", *RECIPE}
+
+
+def recall_splits(
+    seq_len: int, vocab_size: int, *, seed: int, examples: int = EXAMPLES
+) -> tuple[Data, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Training sequences (multi-query, data seed 100 + ``seed``), validation
+    and test questions (one query each, data seeds 1 and 2: the same for every
+    seed and contender, never trained on)."""
+    train_data = data.associative_recall(
+        examples, seq_len, vocab_size, multi_query=True,
+        seed=TRAIN_SEED_OFFSET + seed,
+    )  # fmt: skip
+    val = data.associative_recall(QUESTIONS, seq_len, vocab_size, seed=VAL_SEED)
+    test = data.associative_recall(QUESTIONS, seq_len, vocab_size, seed=TEST_SEED)
+    return train_data, val, test
+
+
+def cell(cell: dict) -> dict:
+    """One run of a grid: train ``cell["contender"]`` at ``cell["lr"]`` from
+    ``cell["seed"]`` on recall, with ``RECIPE`` for every key the cell leaves
+    out; ``cell["dim"]``, when given, fixes the width instead of ``params``.
+
+    Returns val_acc and test_acc (1,000 questions each), the validation curve,
+    the parameter count, the width and the CPU seconds of the run.
+    """
+    unknown = set(cell) - _CELL_KEYS
+    check(not unknown, f"unknown cell keys {sorted(unknown)}; known: "
+          f"{sorted(_CELL_KEYS)}")  # fmt: skip
+    for key in ("contender", "lr", "seed"):
+        check(key in cell, f"a cell needs {key!r}, got {sorted(cell)}")
+    c = {**RECIPE, **cell}
+    check(c["task"] == "recall", f"task must be 'recall', got {c['task']!r}")
+    check_positive(lr=c["lr"], steps=c["steps"], batch_size=c["batch_size"])
+    check(math.isfinite(c["lr"]), f"lr must be finite, got {c['lr']!r}")
+    n, v = c["seq_len"], c["vocab_size"]
+    dim = c.get("dim") or width_for(
+        c["contender"], params=c["params"], vocab_size=v, seq_len=n
+    )
+    train_data, val, test = recall_splits(n, v, seed=c["seed"])
+    torch.manual_seed(c["seed"])
+    model = build(c["contender"], vocab_size=v, dim=dim, seq_len=n)
+    config = TrainConfig(
+        steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"], weight_decay=0.0,
+        warmup=20, eval_every=max(1, c["steps"] // 4), seed=c["seed"],
+        progress=False,
+    )  # fmt: skip
+    start = time.process_time()
+    history = train(model, train_data, val, config)
+    _, test_acc = evaluate(model, test, batch_size=250, batches=None)
+    return {
+        "val_acc": history.final_acc,
+        "test_acc": test_acc,
+        "curve": {"step": history.step, "val_acc": history.val_acc},
+        "n_params": count_parameters(model),
+        "width": dim,
+        "cpu_s": round(time.process_time() - start, 2),
+    }
 
 
 def bytes_task(corpus: data.ByteCorpus, seq_len: int) -> Task:
