@@ -8,6 +8,11 @@ from pathlib import Path
 import jupytext
 import pytest
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("book", ROOT / "scripts" / "book.py")
 book = importlib.util.module_from_spec(spec)
@@ -95,6 +100,53 @@ def test_environment_yml_installs_the_same_package():
     assert '-e ".[all]"' in pip_section or "-e .[all]" in pip_section
     python = next(d for d in env["dependencies"] if str(d).startswith("python"))
     assert ">=3.10" in python, "environment.yml and pyproject disagree on Python"
+    # torch before the package, at the floor pyproject asks for
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (torch_pin,) = [d for d in pyproject["project"]["dependencies"] if "torch" in d]
+    assert "pytorch" + torch_pin.removeprefix("torch") in conda
+    assert conda.index("pytorch>=2.4") < conda.index("pip")
+
+
+def test_version_has_one_source():
+    import minimodels
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "minimodels.__version__"
+    }
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert re.search(r"^version: (\S+)$", citation, re.M).group(1) == (
+        minimodels.__version__
+    )
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    top = re.search(r"^## (\S+) \((.+)\)$", changelog, re.M)
+    assert top.group(1) == minimodels.__version__
+    released = re.search(r"^date-released: (\S+)$", citation, re.M)
+    # CITATION and CHANGELOG agree on whether (and when) it was released
+    assert (released.group(1) if released else "unreleased") == top.group(2)
+
+
+def test_dependencies_are_what_the_library_imports():
+    import ast
+    import sys
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = {
+        re.split(r"[<>=;\[ ]", d, maxsplit=1)[0]
+        for d in pyproject["project"]["dependencies"]
+    }
+    imported = set()
+    for path in (ROOT / "minimodels").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"minimodels"}
+    optional = {"triton", "tomli", "tomllib", "matplotlib"}  # guarded imports
+    assert declared == third_party - optional
 
 
 def test_every_cited_arxiv_id_is_in_the_bibliography():

@@ -31,13 +31,3 @@ def test_import_is_cheap_and_needs_no_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == minimodels.__version__
-
-
-def test_version_matches_pyproject():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == (
-        minimodels.__version__
-    )
