@@ -19,8 +19,10 @@ on a *task*:
   Validation and test are 1,000 questions each, drawn with different seeds;
 - ``text``: next-byte prediction on Python's standard library
   (``stdlib_corpus(300_000)``, windows of 64 bytes, blocks of 16). The
-  validation bytes are split in two halves: the first (``val_bits``) picks the
-  learning rate, the second (``test_bits``) is reported;
+  validation bytes are split in two halves: the first (``val_bits``) would pick
+  the learning rate, the second (``test_bits``) is reported. On the book's
+  shared 2-core machine the grid runs text at one learning rate (3e-3) only,
+  so it supports "each seed beats the unigram baseline", not a ranking;
 
 at a learning rate ``lr`` and a ``seed`` (the init and the batch order). Rows
 and provenance go to ``figures/data/block_recurrent_recall_cpu.json``.
@@ -53,7 +55,7 @@ TEXT_SEQ, TEXT_BLOCK, TEXT_BYTES = 64, 16, 300_000
 CONTENDERS = {"skip": {}, "dual": {"state_mlp": True}, "off": {"carry_states": False}}
 # task -> (training steps, batch size) at full size
 TASKS: dict[str, tuple[int, int]] = {"recall": (150, 32), "text": (200, 16)}
-LRS = {"recall": [1e-3, 3e-3, 1e-2], "text": [3e-3, 1e-2]}
+LRS = {"recall": [1e-3, 3e-3, 1e-2], "text": [3e-3]}
 # the order of the grid: the main comparison first, the full cell last
 ORDER = [("recall", "skip"), ("recall", "off"), ("text", "skip"), ("text", "off"),
          ("recall", "dual")]  # fmt: skip
@@ -96,7 +98,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     task, steps = cell["task"], cell["steps"]
     config = TrainConfig(
         steps=steps, batch_size=TASKS[task][1], lr=cell["lr"],
-        warmup=min(20, steps // 5), eval_every=max(1, steps // 6),
+        warmup=min(20, steps // 5), eval_every=max(1, steps // 3),
         eval_batches=4, seed=cell["seed"], progress=False,
     )  # fmt: skip
     torch.manual_seed(cell["seed"])
@@ -115,7 +117,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     half = len(corpus.val) // 2
     val, test = corpus.val[:half], corpus.val[half:]
     history = train(model, _windows(corpus.train), _windows(val), config)
-    batches = max(1, cell["questions"] // 32)
+    batches = max(1, cell["questions"] // 64)  # windows of 64 bytes, 32 a batch
     return {
         "val_bits": _bits(model, val, batches),
         "test_bits": _bits(model, test, batches),
