@@ -1,8 +1,9 @@
-"""Hyena vs causal attention: forward+backward time against sequence length, and
-associative recall at long length.
+"""Hyena vs causal attention: forward+backward time and FLOPs against sequence
+length, and associative recall over seeds and learning rates.
 
-    python -m benchmarks.hyena --device cuda          # 1K .. 128K tokens
-    python -m benchmarks.hyena recall --device cuda   # 8K .. 32K tokens, vocab 30
+    python -m benchmarks.hyena --device cuda   # speed, 1K .. 128K tokens
+    python -m benchmarks.hyena recall          # the chapter's grid (CPU, ~25 CPU-min)
+    python -m benchmarks.hyena recall --toy    # a seconds-long grid for the tests
 
 ``speed`` times one ``HyenaOperator`` (order 2, implicit filters) and one
 ``MultiHeadAttention`` (SDPA, causal; FlashAttention on a GPU in bf16) of the
@@ -10,20 +11,26 @@ same width, each with its input and output projections, forward and backward.
 It prints the ratio attention / Hyena per length, marks the crossover (the
 shortest measured length from which Hyena is faster at every longer length) and
 fits power laws. The Hyena paper (Poli et al., 2023, arXiv:2302.10866) reports
-Hyena 2x faster than FlashAttention at 8K and 100x at 64K.
+Hyena 2x faster than FlashAttention at 8K and 100x at 64K. ``forward_flops``
+counts operations exactly instead (``FlopCounterMode`` on the meta device).
 
-``recall`` trains one LM per (vocabulary, length, mixer) on associative recall
-exactly as chapter 4 trains its Hyena (width 128, one layer unless ``name:L``
-asks for L, AdamW, warmup 20, no weight decay, multi-query targets with
-``--dense``) and scores the last key of ``--val-size`` held-out sequences. On a
-GPU the defaults are the paper's Table 4.3 setting (vocab 30, 8K-32K tokens).
-
-    python -m benchmarks.hyena recall --threads 1 --dense   # the chapter's grid
+``recall`` trains one ``minimodels.lm.LM`` (width 64) per cell: a contender
+(``hyena``: one layer, order 2, safari's recall filter settings; ``h3``: one
+layer, chapter 3's defaults; ``attention``: one layer, 4 heads, rotary;
+``attention-2``: two such layers) on a task (vocabulary 10 with 33 tokens,
+vocabulary 20 with 65 tokens), at a learning rate and a seed (the init and the
+batch order): 500 AdamW steps of 32 fresh multi-query sequences. It reports
+``val_acc`` on 1,000 validation questions, which ``experiments.tune`` uses to
+pick each contender's learning rate, and ``test_acc`` on 1,000 other test
+questions, which the chapter reports. Rows and provenance (``run_grid``) go to
+``figures/data/hyena_recall_cpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from minimodels import bench
+from minimodels import bench, experiments
+from minimodels._util import check
 from minimodels.attention import MultiHeadAttention
 from minimodels.hyena import HyenaOperator
 
@@ -127,99 +135,173 @@ def _print_row(row: dict[str, Any]) -> None:
     )
 
 
-def _recall_train(n: int, vocab: int, device: str, dense: bool) -> Callable:
-    """Fresh training batches; ``dense``: multi-query targets (every repeated key)."""
+# --- FLOPs: exact counts, where time is noise ---------------------------------------
+
+
+def _fft_flops(n_points: int, transforms: int, *, real: bool) -> int:
+    """The textbook count of a radix-2 FFT of length N: 5 N log2 N real operations
+    for complex input, half that for real input or output."""
+    per = 5 * n_points * math.log2(n_points) / (2 if real else 1)
+    return round(per) * transforms
+
+
+def _fft_formula(real: bool, use_output: bool) -> Callable[..., int]:
+    def formula(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
+        shape = out_shape if use_output else x_shape
+        n_points = math.prod(shape[d] for d in dim)
+        return _fft_flops(n_points, math.prod(shape) // n_points, real=real)
+
+    return formula
+
+
+def forward_flops(module: nn.Module, n: int, dim: int, batch: int = 1) -> int:
+    """Floating-point operations of one forward pass of ``module`` on a (batch n
+    dim) input, counted by ``FlopCounterMode`` on the meta device (shapes only: no
+    arithmetic is done, so any length costs nothing). The counter knows matmuls
+    and convolutions; FFTs it does not, so they are added at ``_fft_flops``. On
+    the meta device attention takes SDPA's matmul path, so its q k^T and P v are
+    counted as the two (n n d) matmuls they are, without halving for the mask."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    fft = {
+        aten._fft_r2c: _fft_formula(real=True, use_output=False),
+        aten._fft_c2r: _fft_formula(real=True, use_output=True),
+        aten._fft_c2c: _fft_formula(real=False, use_output=False),
+    }
+    module = module.to("meta")
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=fft) as fc:
+        module(torch.empty(batch, n, dim, device="meta"))
+    return fc.get_total_flops()
+
+
+# --- associative recall over seeds and learning rates ----------------------------
+
+# (vocabulary, sequence length): 5 keys in 16 pairs, and 10 keys in 32 pairs
+RECALL_TASKS = [(10, 33), (20, 65)]
+# contender -> (mixer, layers); attention with one layer only on the first task
+RECALL_CONTENDERS = {"hyena": 1, "h3": 1, "attention": 1, "attention-2": 2}
+TASK_CONTENDERS = {
+    (10, 33): ["hyena", "h3", "attention", "attention-2"],
+    (20, 65): ["hyena", "h3", "attention-2"],
+}
+RECALL_LRS = [3e-4, 1e-3, 3e-3]
+RECALL_SEEDS = [0, 1, 2]
+RECALL_DIM, RECALL_STEPS, RECALL_BATCH = 64, 500, 32
+VAL_SEED, TEST_SEED = 1, 2  # the validation and test questions: never trained on
+CELL_NAMES = ("contender", "vocab", "n", "lr", "seed", "steps", "questions", "dim")
+
+
+def recall_mixer(contender: str, n: int, lr: float) -> Callable[[int], nn.Module]:
+    """The mixer factory of one contender at length ``n``."""
+    if contender == "hyena":  # safari's recall config: emb_dim 5, w 10, filter lr
+        return partial(  # = the model's lr, fixed positional encoding
+            HyenaOperator, max_len=n, emb_dim=5, sin_freq=10.0, filter_lr=lr,
+            pos_emb_lr=0.0,
+        )  # fmt: skip
+    if contender == "h3":
+        from minimodels.h3 import H3
+
+        return H3  # chapter 3's defaults
+    if contender.startswith("attention"):
+        return partial(MultiHeadAttention, heads=4)
+    raise ValueError(f"contender must be one of {sorted(RECALL_CONTENDERS)}")
+
+
+def recall_data(vocab: int, n: int, questions: int) -> tuple[Callable, Any, Any]:
+    """Fresh multi-query training batches, and the validation and test sets
+    (``questions`` each, only the last key asked; drawn from other seeds)."""
     from minimodels.data import associative_recall
 
     def draw(batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-        x, y = associative_recall(batch, n, vocab, multi_query=dense, seed=seed)
-        return x.to(device), y.to(device)
+        return associative_recall(batch, n, vocab, multi_query=True, seed=seed)
 
-    return draw
-
-
-def _mixer(name: str, n: int) -> Callable[[int], nn.Module]:
-    if name == "hyena":  # the paper's recall config: emb_dim 5, w 10
-        return partial(
-            HyenaOperator, max_len=n, emb_dim=5, sin_freq=10.0, filter_lr=3e-3
-        )
-    if name == "attention":
-        return partial(MultiHeadAttention, heads=1)
-    if name == "h3":
-        from minimodels.h3 import H3
-
-        return H3
-    raise ValueError(f"mixers: unknown mixer {name!r} (hyena, h3, attention)")
+    val = associative_recall(questions, n, vocab, seed=VAL_SEED)
+    return draw, val, associative_recall(questions, n, vocab, seed=TEST_SEED)
 
 
-def _mixer_depth(spec: str, depth: int) -> tuple[str, int]:
-    """``"attention"`` -> (name, depth); ``"attention:2"`` -> ("attention", 2)."""
-    name, _, layers = spec.partition(":")
-    return name, int(layers) if layers else depth
-
-
-def recall(args: argparse.Namespace) -> dict[str, Any]:
-    """One LM per (vocab, length, mixer), trained as the chapter trains its own."""
-    from minimodels.data import associative_recall
+def train_recall(cell: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one cell's LM; returns it with its metrics (``recall_cell``'s)."""
     from minimodels.lm import LM
-    from minimodels.train import TrainConfig, train
+    from minimodels.train import TrainConfig, evaluate, train
 
-    rows = []
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch,
-        lr=args.lr,
-        warmup=20,
-        weight_decay=0.0,
-        eval_every=args.steps,
-        eval_batches=-(-args.val_size // args.batch),
-        progress=False,
+    check(
+        cell["contender"] in RECALL_CONTENDERS,
+        "contender: unknown " + cell["contender"],
     )
-    for vocab in args.vocabs:
-        for length in args.lengths:
-            n = length + 1 if length % 2 == 0 else length  # pairs plus the query
-            data = _recall_train(n, vocab, args.device, args.dense)
-            x, y = associative_recall(args.val_size, n, vocab, seed=12345)
-            val = (x.to(args.device), y.to(args.device))  # the last key only
-            for spec in args.mixers:
-                name, depth = _mixer_depth(spec, args.depth)
-                torch.manual_seed(0)
-                model = LM(vocab, args.dim, depth, _mixer(name, n)).to(args.device)
-                start = time.perf_counter()
-                try:
-                    hist = train(model, data, val, config, description=name)
-                    acc, loss = hist.final_acc, hist.final_loss
-                except torch.OutOfMemoryError:
-                    acc, loss = None, None
-                seconds = time.perf_counter() - start
-                rows.append(
-                    {
-                        "mixer": name,
-                        "depth": depth,
-                        "n": n,
-                        "vocab": vocab,
-                        "acc": acc,
-                        "loss": loss,
-                        "seconds": seconds,
-                        "steps": args.steps,
-                    }
-                )
-                print(
-                    f"vocab {vocab:>3} n={n:>6} {name:>9} x{depth}: acc {acc}"
-                    f"  ({seconds:.0f} s)",
-                    flush=True,
-                )
-                del model
-    return {
-        "rows": rows,
-        "dim": args.dim,
-        "batch": args.batch,
-        "steps": args.steps,
-        "lr": args.lr,
-        "dense_targets": args.dense,
-        "val_size": args.val_size,
+    draw, val, test = recall_data(cell["vocab"], cell["n"], cell["questions"])
+    steps = cell["steps"]
+    config = TrainConfig(
+        steps=steps, batch_size=RECALL_BATCH, lr=cell["lr"], weight_decay=0.0,
+        warmup=min(20, steps // 5), eval_every=steps, seed=cell["seed"],
+        progress=False,
+    )  # fmt: skip
+    torch.manual_seed(cell["seed"])
+    depth = RECALL_CONTENDERS[cell["contender"]]
+    mixer = recall_mixer(cell["contender"], cell["n"], cell["lr"])
+    model = LM(cell["vocab"], cell["dim"], depth, mixer)
+    cpu = time.process_time()
+    history = train(model, draw, val, config)
+    test_loss, test_acc = evaluate(model, test, batch_size=250, batches=None)
+    return model, {
+        "val_acc": history.final_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "cpu_s": time.process_time() - cpu,
     }
+
+
+def recall_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """One grid cell: validation accuracy (chooses the lr), test accuracy."""
+    return train_recall(cell)[1]
+
+
+def recall_cells(
+    *,
+    scale: float = 1.0,
+    questions: int = 1000,
+    dim: int = RECALL_DIM,
+    lrs: Sequence[float] = RECALL_LRS,
+    seeds: Sequence[int] = RECALL_SEEDS,
+) -> list[dict[str, Any]]:
+    """The grid: task x contender x lr x seed, at ``scale`` x the step count."""
+    steps = max(1, round(RECALL_STEPS * scale))
+    return [
+        {"contender": c, "vocab": v, "n": n, "lr": lr, "seed": s, "steps": steps,
+         "questions": questions, "dim": dim}
+        for v, n in RECALL_TASKS for c in TASK_CONTENDERS[v, n]
+        for lr in lrs for s in seeds
+    ]  # fmt: skip
+
+
+def recall_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and contender: test accuracy over seeds at the lr that was best
+    on the validation questions."""
+    by = ("vocab", "n", "contender")
+    tuned = experiments.tune(rows, select="val_acc", by=by)
+    lrs = {tuple(r[k] for k in by): r["lr"] for r in tuned}
+    summary = experiments.summarize(tuned, "test_acc", by=by)
+    return [{**s, "lr": lrs[tuple(s[k] for k in by)]} for s in summary]
+
+
+def recall(args: argparse.Namespace) -> list[dict[str, Any]]:
+    toy = {"scale": 0.01, "questions": 50, "dim": 16, "lrs": [1e-3], "seeds": [0, 1]}
+    size = toy if args.toy else {}
+    grid = recall_cells(**size)
+    given = list(args.argv)
+    command = shlex.join(["python", "-m", "benchmarks.hyena", *given])
+    rows = experiments.run_grid(
+        recall_cell, grid, out=args.out, processes=args.processes, threads=1,
+        command=command, description="hyena recall grid",
+    )  # fmt: skip
+    for r in recall_table(rows):
+        print(
+            f"V={r['vocab']:<3} n={r['n']:<4} {r['contender']:12s} lr {r['lr']:.0e}"
+            f"  test {r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
+        )
+    print(f"wrote {args.out}")
+    return rows
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -227,46 +309,33 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "experiment", nargs="?", default="speed", choices=["speed", "recall"]
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="speed only")
     p.add_argument("--lengths", type=int, nargs="+", default=None)
-    p.add_argument("--dim", type=int, default=None, help="768 (speed, cuda) / 64")
+    p.add_argument("--dim", type=int, default=None, help="768 (cuda) / 64")
     p.add_argument("--heads", type=int, default=None, help="default dim // 64")
-    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--vocabs", type=int, nargs="+", default=None, help="recall")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--depth", type=int, default=1, help="layers (recall)")
-    p.add_argument("--val-size", type=int, default=256, help="recall questions")
-    p.add_argument("--dense", action="store_true", help="train on every repeat")
-    p.add_argument(
-        "--mixers",
-        nargs="+",
-        default=["hyena", "h3", "attention", "attention:2"],
-        help="recall mixers; name:L overrides --depth for that one",
-    )
+    p.add_argument("--toy", action="store_true", help="recall: a seconds-long grid")
+    p.add_argument("--processes", type=int, default=1, help="recall workers")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="save a figure here")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     cuda = args.device.startswith("cuda")
     tag = "h100" if cuda else "cpu"
     if args.experiment == "speed":
         args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
         args.dim = args.dim or (768 if cuda else 64)
-        args.batch = args.batch or 1
         args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
         args.out = (
             args.out or bench.figures_dir() / f"data/hyena_vs_attention_{tag}.json"
         )
     else:
-        args.lengths = args.lengths or ([8192, 16384, 32768] if cuda else [33, 65])
-        args.vocabs = args.vocabs or ([30] if cuda else [10, 20])
-        args.dim = args.dim or 128
-        args.batch = args.batch or (8 if cuda else 32)
-        args.out = args.out or bench.figures_dir() / f"data/hyena_recall_{tag}.json"
-    args.heads = args.heads or max(1, args.dim // 64)
+        check(not cuda, "--device: the recall grid runs on the CPU")
+        args.out = args.out or bench.figures_dir() / "data/hyena_recall_cpu.json"
+    args.heads = args.heads or max(1, (args.dim or 64) // 64)
     return args
 
 
@@ -289,17 +358,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> Any:
     args = parse(argv)
+    if args.experiment == "recall":
+        return recall(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = speed(args) if args.experiment == "speed" else recall(args)
-    result["command"] = "python -m benchmarks.hyena " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    result = speed(args)
+    result["command"] = "python -m benchmarks.hyena " + shlex.join(args.argv)
     bench.save_json(result, args.out, device=args.device)
     print(f"wrote {args.out}")
-    if args.plot is not None and args.experiment == "speed":
+    if args.plot is not None:
         plot(result, args.plot)
     return result
 
