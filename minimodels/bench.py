@@ -222,8 +222,11 @@ def fit_power_law(xs: Iterable[float], ys: Iterable[float]) -> tuple[float, floa
 def save_json(
     data: Any, path: str | Path, *, device: str | torch.device = "cpu"
 ) -> Path:
-    """Write ``{"environment": ..., "results": data}`` as indented JSON."""
+    """Write ``{"environment": ..., "results": data}`` as indented JSON (from
+    rank 0 only, when several processes run under ``torchrun``)."""
     path = Path(path)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(device), "results": data}
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -111,6 +111,8 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def _save(path: Path, provenance_: dict, rows: list[Row]) -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return  # under torchrun, rank 0 writes
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"provenance": provenance_, "rows": rows}, indent=1))
