@@ -2,7 +2,7 @@
 length, and associative recall over seeds and learning rates.
 
     python -m benchmarks.hyena --device cuda   # speed, 1K .. 128K tokens
-    python -m benchmarks.hyena recall          # the chapter's grid (CPU, ~25 CPU-min)
+    python -m benchmarks.hyena recall          # the chapter's grid (CPU, ~5 CPU-min)
     python -m benchmarks.hyena recall --toy    # a seconds-long grid for the tests
 
 ``speed`` times one ``HyenaOperator`` (order 2, implicit filters) and one
@@ -17,9 +17,9 @@ counts operations exactly instead (``FlopCounterMode`` on the meta device).
 ``recall`` trains one ``minimodels.lm.LM`` (width 64) per cell: a contender
 (``hyena``: one layer, order 2, safari's recall filter settings; ``h3``: one
 layer, chapter 3's defaults; ``attention``: one layer, 4 heads, rotary;
-``attention-2``: two such layers) on a task (vocabulary 10 with 33 tokens,
-vocabulary 20 with 65 tokens), at a learning rate and a seed (the init and the
-batch order): 500 AdamW steps of 32 fresh multi-query sequences. It reports
+``attention-2``: two such layers) on associative recall (vocabulary 10, 33
+tokens), at a learning rate (1e-3 or 3e-3) and a seed (0, 1, 2: the init and the
+batch order): 300 AdamW steps of 32 fresh multi-query sequences. It reports
 ``val_acc`` on 1,000 validation questions, which ``experiments.tune`` uses to
 pick each contender's learning rate, and ``test_acc`` on 1,000 other test
 questions, which the chapter reports. Rows and provenance (``run_grid``) go to
@@ -177,17 +177,15 @@ def forward_flops(module: nn.Module, n: int, dim: int, batch: int = 1) -> int:
 
 # --- associative recall over seeds and learning rates ----------------------------
 
-# (vocabulary, sequence length): 5 keys in 16 pairs, and 10 keys in 32 pairs
-RECALL_TASKS = [(10, 33), (20, 65)]
+# (vocabulary, sequence length): 5 keys in 16 pairs and a query. A second task
+# (vocabulary 20, 65 tokens) was planned; the shared 2-core machine ran out of time.
+RECALL_TASKS = [(10, 33)]
 # contender -> (mixer, layers); attention with one layer only on the first task
 RECALL_CONTENDERS = {"hyena": 1, "h3": 1, "attention": 1, "attention-2": 2}
-TASK_CONTENDERS = {
-    (10, 33): ["hyena", "h3", "attention", "attention-2"],
-    (20, 65): ["hyena", "h3", "attention-2"],
-}
-RECALL_LRS = [3e-4, 1e-3, 3e-3]
+TASK_CONTENDERS = {(10, 33): ["hyena", "h3", "attention", "attention-2"]}
+RECALL_LRS = [1e-3, 3e-3]
 RECALL_SEEDS = [0, 1, 2]
-RECALL_DIM, RECALL_STEPS, RECALL_BATCH = 64, 500, 32
+RECALL_DIM, RECALL_STEPS, RECALL_BATCH = 64, 300, 32
 VAL_SEED, TEST_SEED = 1, 2  # the validation and test questions: never trained on
 CELL_NAMES = ("contender", "vocab", "n", "lr", "seed", "steps", "questions", "dim")
 
