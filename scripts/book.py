@@ -196,6 +196,22 @@ def build(root: Path = ROOT) -> int:
     return 0
 
 
+def package_table(manifest: dict) -> dict:
+    """The chapter table the installed package carries (``minimodels/book.json``),
+    so that ``python -m minimodels list`` works from a wheel, far from book.toml."""
+    return {
+        "title": manifest["book"]["title"],
+        "chapters": [
+            {"number": chapter_number(c), "title": c["title"], "module": c["module"],
+             "file": c["file"], "cpu_budget_s": c["cpu_budget_s"]}
+            for c in manifest["chapters"]
+        ],
+    }  # fmt: skip
+
+
+PACKAGE_TABLE = ROOT / "minimodels" / "book.json"
+
+
 def main(argv: list[str]) -> None:
     manifest = load_manifest()
     command = argv[1] if len(argv) > 1 else "config"
@@ -205,6 +221,9 @@ def main(argv: list[str]) -> None:
         (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
         note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
         (ROOT / "api.md").write_text(note + api_page(manifest))
+        table = json.dumps(package_table(manifest), indent=1) + "\n"
+        if not PACKAGE_TABLE.exists() or PACKAGE_TABLE.read_text() != table:
+            PACKAGE_TABLE.write_text(table)  # committed: the wheel ships it
     elif command == "build":
         sys.exit(build())
     elif command == "list":

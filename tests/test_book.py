@@ -183,3 +183,10 @@ def test_landing_road_map_names_each_chapter_and_its_module():
         number = book.chapter_number(chapter)
         assert number in road_map, f"the road map lacks chapter {number}"
         assert road_map[number][1] == chapter["module"], chapter["file"]
+
+
+def test_the_package_ships_the_chapter_table_of_book_toml():
+    import json
+
+    shipped = json.loads((ROOT / "minimodels" / "book.json").read_text())
+    assert shipped == book.package_table(MANIFEST), "run `make config`"
