@@ -369,3 +369,23 @@ def test_moving_average_sign_task():
     assert torch.equal(x, x2) and torch.equal(y, y2)
     with pytest.raises(ValueError, match="tau"):
         moving_average_sign(4, 11, tau=0.0)
+
+
+def test_longrange_benchmark_runs_at_toy_size_and_reproduces(tmp_path):
+    from benchmarks import ssm_longrange
+    from minimodels import experiments
+
+    out = tmp_path / "grid.json"
+    rows = ssm_longrange.main(["--toy", "--out", str(out)])
+    assert len(rows) == 2 * 2 * 2  # contenders x seeds x learning rates
+    stored = experiments.load(out)
+    assert stored["rows"] == rows and stored["provenance"]["threads"] == 1
+    for r in rows:
+        assert 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+        assert r["parameters"] > 0
+    sizes = {r["contender"]: r["parameters"] for r in rows}
+    assert abs(sizes["s4d"] - sizes["attention"]) < 0.1 * sizes["attention"]
+    # a cell re-run on the same machine is the same run
+    row, live = experiments.spot_check(ssm_longrange.run_cell, rows,
+                                       ssm_longrange.CELL_NAMES)  # fmt: skip
+    assert live["val_acc"] == row["val_acc"] and live["test_acc"] == row["test_acc"]
