@@ -60,7 +60,7 @@ nbval: notebooks
 budget: notebooks
 	MINIMODELS_ENFORCE_BUDGETS=1 $(NBVAL)
 
-site: config
+site: notebooks
 	$(PY) scripts/book.py build
 
 browser: site
@@ -81,4 +81,4 @@ bench: install
 	TRITON_INTERPRET=1 $(PY) -m benchmarks --all --out-dir _build/bench
 
 clean:
-	rm -rf _build notebooks _toc.yml _config.yml
+	rm -rf _build notebooks

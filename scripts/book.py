@@ -1,5 +1,8 @@
 """Generate the Jupyter Book config (``_config.yml``, ``_toc.yml``) from book.toml.
 
+The generated files are committed (a bare ``jupyter-book build .`` then works on a
+fresh clone) and tested to be up to date; ``make`` regenerates them.
+
     python scripts/book.py config   # write _config.yml, _toc.yml and api.md
     python scripts/book.py build    # build the site; refuse it if a chapter fails
     python scripts/book.py list     # print the chapter list as Markdown
@@ -9,9 +12,9 @@ A chapter file that book.toml does not list is a draft: it is neither built nor
 executed.
 
 book.toml is the single manifest of the book; the two YAML files are generated
-(and git-ignored), so they can never disagree with it. So is ``api.md``, the
+from it, and tested, so they can never disagree with it. So is ``api.md``, the
 index of the library's API, which lists every module of the ``minimodels``
-package (autodoc renders their docstrings).
+package (autodoc renders their docstrings), and ``minimodels/book.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,18 @@ def _yaml(value: object, indent: int = 0) -> str:
     return f"{pad}{json.dumps(value)}"
 
 
+# Jupyter Book's own extensions less sphinx_thebe, whose Thebe/Binder settings
+# and script would point every page at public servers in an offline book; then
+# the book's: local MathJax, autodoc for the API page, the "Run this chapter" box,
+# the bibliography. A full list here replaces Jupyter Book's.
+EXTENSIONS = [
+    "sphinx_togglebutton", "sphinx_copybutton", "myst_nb", "jupyter_book",
+    "sphinx_comments", "sphinx_external_toc", "sphinx.ext.intersphinx",
+    "sphinx_design", "sphinx_book_theme",
+    "sphinx-mathjax-offline", "sphinx.ext.autodoc", "run_box", "sphinxcontrib.bibtex",
+]  # fmt: skip
+
+
 def config(manifest: dict) -> dict:
     book = manifest["book"]
     return {
@@ -96,7 +111,9 @@ def config(manifest: dict) -> dict:
         "bibtex_bibfiles": [book["bibliography"]],
         "sphinx": {
             "extra_extensions": ["sphinx-mathjax-offline", "sphinx.ext.autodoc"],
+            "local_extensions": {"run_box": "scripts"},  # scripts/run_box.py
             "config": {
+                "extensions": EXTENSIONS,
                 "nb_execution_show_tb": True,
                 "nb_output_stderr": "remove",
                 "html_show_copyright": True,
@@ -212,18 +229,28 @@ def package_table(manifest: dict) -> dict:
 PACKAGE_TABLE = ROOT / "minimodels" / "book.json"
 
 
+def generated(manifest: dict, root: Path = ROOT) -> dict[Path, str]:
+    """Every file made from book.toml (and the package), by path. They are
+    committed, so that a fresh clone builds with a bare ``jupyter-book build .``
+    and the wheel ships the chapter table; a test checks they are up to date."""
+    header = "# Generated from book.toml by scripts/book.py: do not edit.\n"
+    note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
+    return {
+        root / "_config.yml": header + _yaml(config(manifest)) + "\n",
+        root / "_toc.yml": header + _yaml(toc(manifest)) + "\n",
+        root / "api.md": note + api_page(manifest, root),
+        root / "minimodels" / "book.json": json.dumps(package_table(manifest), indent=1)
+        + "\n",
+    }
+
+
 def main(argv: list[str]) -> None:
     manifest = load_manifest()
     command = argv[1] if len(argv) > 1 else "config"
     if command == "config":
-        header = "# Generated from book.toml by scripts/book.py: do not edit.\n"
-        (ROOT / "_config.yml").write_text(header + _yaml(config(manifest)) + "\n")
-        (ROOT / "_toc.yml").write_text(header + _yaml(toc(manifest)) + "\n")
-        note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
-        (ROOT / "api.md").write_text(note + api_page(manifest))
-        table = json.dumps(package_table(manifest), indent=1) + "\n"
-        if not PACKAGE_TABLE.exists() or PACKAGE_TABLE.read_text() != table:
-            PACKAGE_TABLE.write_text(table)  # committed: the wheel ships it
+        for path, text in generated(manifest).items():
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
     elif command == "build":
         sys.exit(build())
     elif command == "list":

@@ -184,3 +184,40 @@ def test_the_build_reused_the_nbval_executions():
     for chapter in _manifest()["chapters"]:
         name = Path(chapter["file"]).name
         assert sources.get(name) == {"nbval"}, f"{name}: run by {sources.get(name)}"
+
+
+def _chapter_pages() -> list[Path]:
+    return [
+        HTML / Path(c["file"]).with_suffix(".html") for c in _manifest()["chapters"]
+    ]
+
+
+@pytest.mark.parametrize("path", _chapter_pages(), ids=lambda p: p.name)
+def test_chapter_has_a_run_box_with_its_notebook(path):
+    dom, _ = _open(path)
+    box = re.search(
+        r'<div class="admonition tip run-this-chapter">(.*?)</div>', dom, re.S
+    )
+    assert box, f"no 'Run this chapter' box on {path.name}"
+    assert "2 CPU cores" in box.group(1)
+    links = re.findall(r'href="([^"]+\.ipynb)"', box.group(1))
+    assert links, f"no notebook download on {path.name}"
+    target = (path.parent / unquote(links[0])).resolve()
+    assert target.is_file() and HTML.resolve() in target.parents, links[0]
+    assert target.name == path.with_suffix(".ipynb").name
+    assert '"cells"' in target.read_text()
+
+
+def test_no_caption_shows_a_directive_option():
+    for page in _pages():
+        dom, _ = _open(page) if page.name == "intro.html" else (page.read_text(), [])
+        for caption in re.findall(r"<figcaption>(.*?)</figcaption>", dom, re.S):
+            text = re.sub(r"<[^>]+>", "", caption).strip()
+            assert not text.startswith(":"), f"{page.name}: caption {text[:40]!r}"
+
+
+def test_no_thebe_or_binder_configuration():
+    for page in _pages():
+        text = page.read_text()
+        assert "thebe" not in text.lower(), f"{page.name} embeds Thebe"
+        assert "binder" not in text.lower(), f"{page.name} embeds Binder"

@@ -185,8 +185,13 @@ def test_landing_road_map_names_each_chapter_and_its_module():
         assert road_map[number][1] == chapter["module"], chapter["file"]
 
 
-def test_the_package_ships_the_chapter_table_of_book_toml():
-    import json
+def test_the_generated_files_are_committed_and_up_to_date():
+    import subprocess
 
-    shipped = json.loads((ROOT / "minimodels" / "book.json").read_text())
-    assert shipped == book.package_table(MANIFEST), "run `make config`"
+    for path, text in book.generated(MANIFEST).items():
+        assert path.read_text() == text, f"{path.name} is stale: run `make config`"
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", path.name],
+            cwd=path.parent, capture_output=True,
+        )  # fmt: skip
+        assert tracked.returncode == 0, f"{path.name} is not committed"
