@@ -10,12 +10,21 @@ FlashAttention on a GPU under bf16 autocast) of the same width. The batch holds
 constant work per token. It prints tokens/s for both and the ratio H3 / attention,
 fits power laws to the times per batch, and writes JSON (with device and
 versions) to ``figures/data/h3_vs_attention_{cpu,h100}.json``.
+
+Beside the times, each row holds what is exact and the same on every machine,
+counted operator by operator over one forward and backward (``counts``):
+``*_flops`` (matrix products by ``torch.utils.flop_counter``'s rules, the fused
+CPU attention kernel by its SDPA formula, each real FFT of N points as
+5/2 N log2 N), ``*_bytes`` (the bytes every operator reads and writes: what an
+unfused implementation moves through memory) and ``*_ops`` (operators run).
+Elementwise work appears in bytes and ops, not in FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +32,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from minimodels import bench
 from minimodels.attention import MultiHeadAttention
@@ -64,6 +76,70 @@ def fwd_bwd(
     return run
 
 
+aten = torch.ops.aten
+
+
+def _fft_flops(func: Any, args: tuple, out: torch.Tensor) -> int:
+    """5/2 N log2 N per real transform of N points, 5 N log2 N per complex one."""
+    x, dims = args[0], args[1]
+    if func is aten._fft_c2r.default:
+        points = args[3]
+    else:
+        points = x.shape[dims[-1]]
+    rows = x.numel() // x.shape[dims[-1]]
+    per = 5 * points * math.log2(points) if points > 1 else 0.0
+    return int(rows * per * (1.0 if func is aten._fft_c2c.default else 0.5))
+
+
+def _sdpa_cpu_flops(func: Any, args: tuple) -> int:
+    if func is aten._scaled_dot_product_flash_attention_for_cpu.default:
+        q, k, v = (t.shape for t in args[:3])
+        return flop_counter.sdpa_flop_count(q, k, v)
+    grad_out, q, k, v = (t.shape for t in args[:4])
+    return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+FFTS = {aten._fft_r2c.default, aten._fft_c2r.default, aten._fft_c2c.default}
+SDPA_CPU = {
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+}
+
+
+class _Counter(TorchDispatchMode):
+    """Counts operators, the bytes they read and write, and their FLOPs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = self.bytes = self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if torch.is_tensor(t)]
+        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        packet = func._overloadpacket
+        if func in FFTS:
+            self.flops += _fft_flops(func, args, out)
+        elif func in SDPA_CPU:
+            self.flops += _sdpa_cpu_flops(func, args)
+        elif packet in flop_counter.flop_registry:
+            count = flop_counter.flop_registry[packet]
+            self.flops += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def counts(module: nn.Module, batch: int, n: int, dim: int) -> dict[str, int]:
+    """FLOPs, bytes moved and operators of one forward and backward on the CPU."""
+    fn = fwd_bwd(module, batch, n, dim, "cpu", "none")
+    fn()  # first call: lazy initialisation stays out of the count
+    counter = _Counter()
+    with counter:
+        fn()
+    return {"flops": counter.flops, "bytes": counter.bytes, "ops": counter.ops}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for n in args.lengths:
@@ -79,6 +155,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seconds = bench.median_or_oom(fn, device=args.device, repeats=args.repeats)
             row[f"{name}_s"] = seconds
             row[f"{name}_tokens_per_s"] = batch * n / seconds if seconds else None
+            if args.counts:
+                exact = counts(module.cpu(), batch, n, args.dim)
+                row.update({f"{name}_{k}": v for k, v in exact.items()})
             del module, fn
         a, h = row["attention_s"], row["h3_s"]
         row["h3_over_attention"] = a / h if a and h else None  # throughput ratio
@@ -128,6 +207,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--autocast", choices=list(AUTOCAST), default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--no-counts", dest="counts", action="store_false",
+                   help="skip the FLOP, byte and operator counts")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="save a figure here")
     args = p.parse_args(argv)
