@@ -28,8 +28,9 @@ def box(chapter: dict, source: str) -> str:
     gpu_cells = len(GPU_TAG.findall(source))
     if gpu_cells:
         gpu = (
-            f"{gpu_cells} cell{'s' if gpu_cells > 1 else ''} need a GPU: shown, not "
-            "run, with the results measured on a GPU read from `figures/data/`."
+            f"{gpu_cells} of its cells {'need' if gpu_cells > 1 else 'needs'} a GPU: "
+            "shown, not run, with the results measured on a GPU read from "
+            "`figures/data/`."
         )
     else:
         gpu = "Nothing in it needs a GPU."
