@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from book_fixtures import MYST_FRONT_MATTER
 
 pytest.importorskip("jupyter_book")
 
@@ -12,19 +13,6 @@ ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("book", ROOT / "scripts" / "book.py")
 book = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(book)
-
-FRONT = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-    format_version: 0.13
-kernelspec:
-  name: python3
-  display_name: Python 3
-  language: python
----
-"""
 
 
 def _tiny_book(root: Path, cell: str) -> None:
@@ -39,7 +27,7 @@ def _tiny_book(root: Path, cell: str) -> None:
     )
     (root / "intro.md").write_text("# Tiny\n\nA book of one chapter.\n")
     (root / "chapter.md").write_text(
-        FRONT + f"\n# A chapter\n\n```{{code-cell}} ipython3\n{cell}\n```\n"
+        MYST_FRONT_MATTER + f"\n# A chapter\n\n```{{code-cell}} ipython3\n{cell}\n```\n"
     )
 
 

@@ -12,29 +12,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from book_fixtures import MYST_FRONT_MATTER
 
 pytest.importorskip("jupytext")
 pytest.importorskip("jupyter_server")
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTER = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-    format_version: 0.13
-kernelspec:
-  name: python3
-  display_name: Python 3
-  language: python
----
-
+CHAPTER = (
+    MYST_FRONT_MATTER
+    + """
 # A chapter
 
 ```{code-cell} ipython3
 x = 1
 ```
 """
+)
 
 
 def _free_port() -> int:
