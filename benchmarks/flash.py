@@ -5,7 +5,9 @@ size 2048 (heads = 2048 / head dim), batch * N = 16K tokens, N = 1K..16K, head d
 64 and 128, causal and not, forward, backward and forward + backward, here in bf16
 and fp16. SDPA runs with its flash backend and, where available, its cuDNN backend,
 in the same run. FLOPs as in the paper: forward 4 N^2 d per head (halved when
-causal), backward 2.5x the forward.
+causal), backward 2.5x the forward (five N x N products against two). Our
+two-kernel backward does seven (chapter 5, step 5): its extra work is not
+credited, so it shows as lower TFLOP/s.
 
     python -m benchmarks.flash --out figures/data/flash_h100.json      # on a GPU
     python -m benchmarks.flash --device cpu                            # toy, CPU

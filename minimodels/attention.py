@@ -21,9 +21,20 @@ Dao, 2023, arXiv:2307.08691), every rung with the signature of ``attention_naive
   m' = max(m, rowmax(S_j)), l' = exp(m - m') l + rowsum(exp(S_j - m')),
   acc' = exp(m - m') acc + exp(S_j - m') V_j, and at the end o = acc / l,
   LSE = m + log l.
-- ``attention_backward``: the FA2 backward (Alg. 2) that recomputes P = exp(S - LSE)
-  from the saved log-sum-exp instead of storing P: dV = P^T dO, dP = dO V^T,
-  D = rowsum(dO * O), dS = P * (dP - D), dQ = scale dS K, dK = scale dS^T Q.
+- ``attention_backward``: the FA2 backward equations (Alg. 2) on whole matrices:
+  P = exp(S - LSE) is recomputed from the saved log-sum-exp, dV = P^T dO,
+  dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D), dQ = scale dS K,
+  dK = scale dS^T Q. It still builds P, dP and dS whole: (n, m) each.
+- ``attention_backward_tiled``: the same equations tile by tile, as Alg. 2 orders
+  them: an outer loop over key blocks keeps dK_j, dV_j, an inner loop over query
+  blocks recomputes P_ij and adds into dQ_i. It holds one (block_m, block_n) tile
+  of P, dP and dS at a time: memory O(n d + block_m block_n), not O(n m).
+- ``attention_flash_torch``: the online-softmax forward and the tiled backward as
+  one autograd Function that saves q, k, v, o and the LSE, nothing of size n x m.
+
+Held besides inputs and outputs, per head: naive, S and P (n, m); tiled and
+online softmax, one tile and O(n) row statistics; ``attention_backward``, P, dP,
+dS (n, m); the tiled backward, one tile of each (measured in tests and chapter 5).
 
 Rotary position embeddings: "RoFormer" (Su et al., 2021, arXiv:2104.09864).
 
@@ -49,6 +60,8 @@ __all__ = [
     "attention_online_softmax",
     "online_softmax_forward",
     "attention_backward",
+    "attention_backward_tiled",
+    "attention_flash_torch",
     "causal_mask",
     "MultiHeadAttention",
     "RotaryEmbedding",
@@ -58,6 +71,10 @@ __all__ = [
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 4, "b h n d")
+        check(
+            t.is_floating_point(),
+            f"{name} must be a floating-point tensor, got {t.dtype}",
+        )
     check(
         q.shape[:2] == k.shape[:2] == v.shape[:2],
         f"q, k, v must share batch and heads, got {tuple(q.shape)}, "
@@ -241,6 +258,19 @@ def attention_online_softmax(
     return o.to(q.dtype)
 
 
+def _backward_setup(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+    scale: float | None,
+) -> tuple[list[Tensor], float]:  # fmt: skip
+    _check_qkv(q, k, v)
+    check(do.shape == o.shape == q.shape[:3] + v.shape[-1:], "do and o: (b h n d)")
+    check(lse.shape == q.shape[:3], f"lse must have shape (b h n), got {lse.shape}")
+    work = _work_dtype(q.dtype)
+    tensors = [t.to(work) for t in (do, q, k, v, o, lse)]
+    tensors[-1] = torch.where(torch.isinf(lse), float("inf"), tensors[-1])  # P = 0
+    return tensors, default(scale, 1.0 / math.sqrt(q.shape[-1]))
+
+
 def attention_backward(
     do: Tensor,
     q: Tensor,
@@ -251,19 +281,14 @@ def attention_backward(
     causal: bool = False,
     scale: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """FA2's backward (Algorithm 2) in PyTorch, recomputing P from the saved LSE.
+    """FA2's backward equations (Algorithm 2) on whole matrices, P recomputed from
+    the saved LSE. Holds P, dP and dS: three (b h n m) tensors.
 
     do and o: (b h n d), lse: (b h n) -> dq (b h n d), dk and dv (b h m d).
     """
-    _check_qkv(q, k, v)
-    check(do.shape == o.shape == q.shape[:3] + v.shape[-1:], "do and o: (b h n d)")
-    check(lse.shape == q.shape[:3], f"lse must have shape (b h n), got {lse.shape}")
-    work = _work_dtype(q.dtype)
-    do, q, k, v, o, lse = (t.to(work) for t in (do, q, k, v, o, lse))
-    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
+    (do, q, k, v, o, lse), scale = _backward_setup(do, q, k, v, o, lse, scale)
     s = _scores(q, k, scale, causal, 0, 0, k.shape[2] - q.shape[2])
-    lse = torch.where(torch.isinf(lse), float("inf"), lse)  # empty rows: P = 0
-    p = torch.exp(s - lse[..., None])  # (b h n m), recomputed, never stored
+    p = torch.exp(s - lse[..., None])  # (b h n m), recomputed from the LSE
     dv = torch.einsum("bhnm,bhnd->bhmd", p, do)
     dp = torch.einsum("bhnd,bhmd->bhnm", do, v)
     delta = (do * o).sum(-1, keepdim=True)  # D_i = rowsum(dO * O) = sum_j P_ij dP_ij
@@ -271,6 +296,89 @@ def attention_backward(
     dq = torch.einsum("bhnm,bhmd->bhnd", ds, k) * scale
     dk = torch.einsum("bhnm,bhnd->bhmd", ds, q) * scale
     return dq, dk, dv
+
+
+def attention_backward_tiled(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """FA2's backward tile by tile (Algorithm 2): for each key block j, loop over
+    the query blocks i, recompute P_ij = exp(S_ij - L_i), accumulate dK_j and dV_j,
+    and add dS_ij K_j into dQ_i. Holds one (block_m, block_n) tile of P, dP, dS.
+
+    do and o: (b h n d), lse: (b h n) -> dq (b h n d), dk and dv (b h m d).
+    """
+    check_positive(block_m=block_m, block_n=block_n)
+    (do, q, k, v, o, lse), scale = _backward_setup(do, q, k, v, o, lse, scale)
+    n, m_len, shift = q.shape[2], k.shape[2], k.shape[2] - q.shape[2]
+    delta = (do * o).sum(-1)  # D_i, (b h n)
+    dq, dks, dvs = torch.zeros_like(q), [], []
+    for j0 in range(0, m_len, block_n):
+        k_j, v_j = k[:, :, j0 : j0 + block_n], v[:, :, j0 : j0 + block_n]
+        dk_j, dv_j = torch.zeros_like(k_j), torch.zeros_like(v_j)
+        for i0 in range(0, n, block_m):
+            rows = slice(i0, i0 + block_m)
+            q_i, do_i = q[:, :, rows], do[:, :, rows]
+            s = _scores(q_i, k_j, scale, causal, i0, j0, shift)
+            p = torch.exp(s - lse[:, :, rows, None])  # (b h i j)
+            dv_j += p.transpose(-1, -2) @ do_i
+            ds = p * (do_i @ v_j.transpose(-1, -2) - delta[:, :, rows, None])
+            dq[:, :, rows] += (ds @ k_j) * scale
+            dk_j += (ds.transpose(-1, -2) @ q_i) * scale
+        dks.append(dk_j)
+        dvs.append(dv_j)
+    return dq, torch.cat(dks, dim=2), torch.cat(dvs, dim=2)
+
+
+class _FlashTorch(torch.autograd.Function):
+    """Saves q, k, v, o and the LSE; the backward recomputes P tile by tile."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, block_m, block_n):  # type: ignore[override]
+        blocks = {"block_m": block_m, "block_n": block_n}
+        o, lse = online_softmax_forward(q, k, v, causal, scale, **blocks)
+        o = o.to(q.dtype)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale, ctx.blocks = causal, scale, blocks
+        return o
+
+    @staticmethod
+    def backward(ctx, do):  # type: ignore[override]
+        q, k, v, o, lse = ctx.saved_tensors
+        grads = attention_backward_tiled(
+            do, q, k, v, o, lse, ctx.causal, ctx.scale, **ctx.blocks
+        )
+        dq, dk, dv = (g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+        return dq, dk, dv, None, None, None, None
+
+
+def attention_flash_torch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> Tensor:
+    """FlashAttention in PyTorch, forward and backward: ``online_softmax_forward``
+    and ``attention_backward_tiled`` in one autograd Function, which saves
+    q, k, v, o and the LSE for the backward (autograd through ``attention_naive``
+    saves P). q: (b h n d), k and v: (b h m d) -> (b h n d).
+    """
+    _check_qkv(q, k, v)
+    check_positive(block_m=block_m, block_n=block_n)
+    return _FlashTorch.apply(q, k, v, causal, scale, block_m, block_n)
 
 
 class RotaryEmbedding(nn.Module):
@@ -311,10 +419,13 @@ class MultiHeadAttention(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
+        check_positive(dim=dim, heads=heads)
         if dim_head is None:
             check_divides("heads", heads, "dim", dim)
+        else:
+            check_positive(dim_head=dim_head)
         self.heads = heads
-        self.dim_head = default(dim_head, dim // max(heads, 1))
+        self.dim_head = default(dim_head, dim // heads)
         self.causal, self.fast = causal, fast
         inner = heads * self.dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)

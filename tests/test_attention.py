@@ -7,6 +7,8 @@ from minimodels.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
     attention_backward,
+    attention_backward_tiled,
+    attention_flash_torch,
     attention_naive,
     attention_online_softmax,
     attention_sdpa,
@@ -14,6 +16,7 @@ from minimodels.attention import (
     causal_mask,
     online_softmax_forward,
 )
+from minimodels.bench import peak_tensor_bytes
 from minimodels.testing import assert_causal, assert_same
 
 
@@ -110,9 +113,34 @@ def test_bad_input_names_the_argument():
         MultiHeadAttention(32)(torch.randn(4, 32))
 
 
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [({"dim": 0}, "dim"), ({"dim": -8}, "dim"), ({"dim": 32, "heads": 0}, "heads"),
+     ({"dim": 32, "dim_head": 0}, "dim_head")],
+)  # fmt: skip
+def test_multihead_attention_refuses_empty_sizes(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be positive"):
+        MultiHeadAttention(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "attend",
+    [attention_naive, attention_sdpa, attention_tiled, attention_online_softmax,
+     attention_flash_torch],
+    ids=lambda f: f.__name__,
+)  # fmt: skip
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_integer_inputs_are_refused_by_name(attend, which):
+    """Integer q, k or v would be truncated (or rejected deep inside einsum)."""
+    qkv = {name: torch.randn(1, 1, 4, 8) for name in "qkv"}
+    qkv[which] = torch.ones(1, 1, 4, 8, dtype=torch.int64)
+    with pytest.raises(ValueError, match=f"{which} must be a floating-point tensor"):
+        attend(qkv["q"], qkv["k"], qkv["v"])
+
+
 # --- The ladder towards FlashAttention ---------------------------------------------
 
-LADDER = [attention_tiled, attention_online_softmax]
+LADDER = [attention_tiled, attention_online_softmax, attention_flash_torch]
 LADDER_SHAPES = [(1, 1), (17, 17), (64, 64), (200, 200), (257, 257), (5, 9), (9, 5)]
 
 
@@ -182,6 +210,73 @@ def test_ladder_is_causal():
             ).any()
 
 
+BACKWARD_SHAPES = [(1, 1), (17, 17), (64, 64), (13, 40), (40, 13), (100, 37)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,m", BACKWARD_SHAPES)
+@pytest.mark.parametrize("blocks", [(16, 16), (32, 8), (7, 64)])
+def test_tiled_backward_equals_autograd(causal, n, m, blocks):
+    """dQ, dK, dV tile by tile equal autograd through the naive attention
+    (odd lengths, n != m both ways, blocks that do not divide the lengths)."""
+    q, k, v = _qkv(n, m, d=16, seed=3)
+    o, lse = online_softmax_forward(q, k, v, causal)
+    do = torch.randn_like(o)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention_naive(*leaves, causal=causal).backward(do)
+    grads = attention_backward_tiled(
+        do, q, k, v, o, lse, causal, block_m=blocks[0], block_n=blocks[1]
+    )
+    for name, ours, autograd in zip("qkv", grads, leaves):
+        torch.testing.assert_close(
+            ours, autograd.grad, msg=lambda s, name=name: f"d{name}: {s}"
+        )
+    if causal and n > m:  # rows that see no key get no gradient
+        assert grads[0][:, :, : n - m].abs().max() == 0
+
+
+def _peaks(n):
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(1, 2, n, 16) for _ in range(4))
+    o, lse = online_softmax_forward(q, k, v, True)
+    full = peak_tensor_bytes(lambda: attention_backward(do, q, k, v, o, lse, True))
+    tiled = peak_tensor_bytes(
+        lambda: attention_backward_tiled(do, q, k, v, o, lse, True)
+    )
+    return full, tiled
+
+
+def test_tiled_backward_memory_is_linear_in_n():
+    """Doubling n: the whole-matrix backward's peak grows ~4x (P, dP, dS are n x n),
+    the tiled one's ~2x (dQ, dK, dV and one tile); below one n x n matrix."""
+    (full1, tiled1), (full2, tiled2) = _peaks(256), _peaks(512)
+    assert full2 / full1 > 3.5 and tiled2 / tiled1 < 2.5
+    one_score_matrix = 2 * 512 * 512 * 4  # heads x n x n x fp32
+    assert full2 > 3 * one_score_matrix and tiled2 < one_score_matrix
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves for the backward of fn()."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_flash_torch_saves_no_score_matrix():
+    q, k, v = (torch.randn(1, 2, 256, 16, requires_grad=True) for _ in range(3))
+    inputs = 3 * q.numel() * 4
+    naive = _saved_bytes(lambda: attention_naive(q, k, v, causal=True))
+    ours = _saved_bytes(lambda: attention_flash_torch(q, k, v, causal=True))
+    assert naive - inputs >= 2 * 256 * 256 * 4  # P, fp32, both heads
+    assert ours == inputs + q.numel() * 4 + 2 * 256 * 4  # + o and the LSE
+
+
 def test_ladder_bad_input():
     q, k, v = _qkv(4, 4)
     with pytest.raises(ValueError, match="block_m"):
@@ -190,3 +285,9 @@ def test_ladder_bad_input():
         attention_online_softmax(q, k, v[:, :, :3])
     with pytest.raises(ValueError, match="lse"):
         attention_backward(q, q, k, v, q, q)
+    with pytest.raises(ValueError, match="lse"):
+        attention_backward_tiled(q, q, k, v, q, q)
+    with pytest.raises(ValueError, match="block_n"):
+        attention_backward_tiled(q, q, k, v, q, q[..., 0], block_n=0)
+    with pytest.raises(ValueError, match="block_m"):
+        attention_flash_torch(q, k, v, block_m=-1)

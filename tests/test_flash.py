@@ -10,8 +10,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from minimodels.attention import attention_naive, online_softmax_forward  # noqa: E402
+from minimodels.attention import (  # noqa: E402
+    attention_naive,
+    causal_mask,
+    online_softmax_forward,
+)
+from minimodels.kernels import flash  # noqa: E402
 from minimodels.kernels.flash import (  # noqa: E402
+    block_plan,
     flash_attention,
     flash_backward,
     flash_forward,
@@ -132,6 +138,105 @@ def test_bad_input_gives_clear_errors():
         flash_attention(q, k, v[:, :, :5])
     with pytest.raises(ValueError, match="block_m"):
         flash_forward(q, k, v, block_m=0)
+    with pytest.raises(ValueError, match="k must be a floating-point tensor"):
+        flash_attention(q, k.long(), v)
+
+
+def _needed_tiles(n, m, causal, block_m, block_n, *, ragged_keys_need_mask):
+    """Brute force from the mask itself: 0 no real row sees a key of the tile,
+    1 every real row sees every key (and the tile is whole), 2 it needs a mask."""
+    visible = causal_mask(n, m) if causal else torch.ones(n, m, dtype=torch.bool)
+    rows, cols = -(-n // block_m), -(-m // block_n)
+    need = torch.zeros(rows, cols, dtype=torch.long)
+    for i in range(rows):
+        for j in range(cols):
+            tile = visible[i * block_m : (i + 1) * block_m, j * block_n :][:, :block_n]
+            ragged = ragged_keys_need_mask and (j + 1) * block_n > m
+            need[i, j] = 0 if not tile.any() else 1 if tile.all() and not ragged else 2
+    return need
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n", [1, 7, 40, 64, 100])
+@pytest.mark.parametrize("m", [1, 9, 50, 64, 130])
+@pytest.mark.parametrize("block_m,block_n", [(16, 64), (32, 16)])
+def test_block_plan_skips_and_masks_the_right_tiles(n, m, causal, block_m, block_n):
+    """Step 4. The forward (and dQ) plan is exactly the brute force: it skips every
+    tile no row needs and masks only where the causal mask or the ragged key end
+    cuts the tile. The dK/dV plan visits exactly the needed tiles and never runs
+    a tile unmasked that needs the mask (it may mask a tile only padded rows cut)."""
+    blocks = {"block_m": block_m, "block_n": block_n}
+    by_rows, by_cols = block_plan(n, m, causal, **blocks)
+    need = _needed_tiles(n, m, causal, **blocks, ragged_keys_need_mask=True)
+    assert torch.equal(by_rows, need)
+    need = _needed_tiles(n, m, causal, **blocks, ragged_keys_need_mask=False)
+    assert torch.equal(by_cols > 0, need > 0)
+    assert not ((need == 2) & (by_cols == 1)).any()
+
+
+def test_causal_plan_visits_about_half_the_tiles():
+    by_rows, by_cols = block_plan(1024, 1024, True)
+    assert by_rows.numel() == 256 and (by_rows > 0).sum() == 16 * 17 // 2
+    assert (by_rows == 2).sum() == 16  # only the diagonal tiles are masked
+    assert torch.equal(by_rows, by_cols)
+    assert (block_plan(1024, 1024, False)[0] == 1).all()
+
+
+def test_bf16_is_computed_in_fp32_under_the_interpreter():
+    """The interpreter's bf16 tl.dot is wrong (values near 8e8): bf16 inputs run in
+    fp32 there and come back in bf16, with bf16 gradients."""
+    if flash._interpreted():
+        assert flash.compute_dtype(torch.bfloat16) == torch.float32
+    q, k, v = (t.requires_grad_() for t in _qkv(33, 40, 16, dtype=torch.bfloat16))
+    out = flash_attention(q, k, v, causal=True)
+    assert out.dtype == torch.bfloat16
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = attention_naive(*exact, causal=True)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
+    out.backward(torch.ones_like(out))
+    ref.backward(torch.ones_like(ref))
+    for ours, true in zip((q, k, v), exact):
+        assert ours.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.grad.double(), true.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_offsets_past_two_to_the_31():
+    """A head that starts beyond element 2^31 of its storage: int32 offsets wrap
+    (before the fix: a segmentation fault, or a wrong head on a GPU). The storage
+    is 4 GiB of address space; only the pages of the three heads are touched."""
+    stride_h, n, d, heads = 2**30 + 2**20, 16, 16, 3  # head 2 starts at 2^31 + 2^21
+    try:
+        size = 2 * stride_h + 3 * n * d
+        storage = torch.empty(size, dtype=torch.float16, device=DEVICE)
+    except RuntimeError:
+        pytest.skip("cannot reserve 4 GiB of address space")
+    shape, strides = (1, heads, n, d), (heads * stride_h, stride_h, d, 1)
+    qkv = [storage.as_strided(shape, strides, i * n * d) for i in range(3)]
+    small = _qkv(n, n, d, h=heads, dtype=torch.float16)
+    for view, values in zip(qkv, small):
+        view.copy_(values)
+    o, _ = flash_forward(*qkv, block_m=16, block_n=16)
+    ref = attention_naive(*(t.float() for t in small))
+    torch.testing.assert_close(o.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_autotune_key_buckets_the_lengths():
+    """The autotune cache is keyed on the lengths rounded up to a power of two."""
+    for tuned in (flash._fwd_tuned, flash._dkdv_tuned, flash._dq_tuned):
+        assert tuned.keys == ["N_BUCKET", "M_BUCKET", "HEAD_DIM", "CAUSAL"]
+        assert len(tuned.configs) == 24
+    assert flash._buckets(1000, 1024) == (1024, 1024)
+    assert flash._buckets(1025, 17) == (2048, 32)
+
+
+@pytest.mark.gpu
+def test_gpu_autotune_tunes_once_per_bucket():
+    before = len(flash._fwd_tuned.cache)
+    for n in (2100, 3000, 4096):  # one bucket (4096), an unusual head dim
+        flash_forward(*_qkv(n, n, 40, dtype=torch.float16, device="cuda"))
+    assert len(flash._fwd_tuned.cache) == before + 1
+    flash_forward(*_qkv(4097, 4097, 40, dtype=torch.float16, device="cuda"))
+    assert len(flash._fwd_tuned.cache) == before + 2
 
 
 def test_import_minimodels_does_not_import_triton():
