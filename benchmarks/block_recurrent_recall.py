@@ -26,10 +26,10 @@ at a learning rate ``lr`` and a ``seed`` (the init and the batch order). Rows
 and provenance go to ``figures/data/block_recurrent_recall_cpu.json``.
 
 The grid is small because the book's machine is small and shared: recall trains
-100 steps at two learning rates (1e-3, 3e-3), text one (3e-3), three seeds each,
-and the cells run in ``ORDER``, so an interrupted run (``--tasks recall``, or a
-kill) keeps the main comparison and resumes where it stopped. Widen ``LRS`` on
-a bigger machine (``--processes``).
+100 steps at three learning rates (5e-4, 1e-3, 3e-3), text at one (3e-3),
+three seeds each, and the cells run in ``ORDER``, so an interrupted run
+(``--tasks recall``, or a kill) keeps the main comparison and resumes where it
+stopped. Widen ``LRS`` on a bigger machine (``--processes``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ TEXT_SEQ, TEXT_BLOCK, TEXT_BYTES = 64, 16, 300_000
 CONTENDERS = {"skip": {}, "dual": {"state_mlp": True}, "off": {"carry_states": False}}
 # task -> (training steps, batch size) at full size
 TASKS: dict[str, tuple[int, int]] = {"recall": (100, 32), "text": (200, 16)}
-LRS = {"recall": [1e-3, 3e-3], "text": [3e-3]}
+LRS = {"recall": [5e-4, 1e-3, 3e-3], "text": [3e-3]}
 # the order of the grid: the main comparison first, then the full cell, then text
 ORDER = [("recall", "skip"), ("recall", "off"), ("recall", "dual"), ("text", "skip"),
          ("text", "off")]  # fmt: skip
