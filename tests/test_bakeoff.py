@@ -104,22 +104,111 @@ def test_grid_runs_every_pair_and_table_shows_them():
         bakeoff.grid(tasks, params=8000, config=config, names=["rnn"])
 
 
-def test_benchmark_runs_at_toy_size(tmp_path):
+def _reach(model, n: int, layers: int) -> torch.Tensor:
+    """(n n) bool: whether the input at j changes the residual stream at i
+    after ``layers`` blocks."""
+    x = model.embed(torch.randint(0, 8, (1, n))).detach().requires_grad_()
+    h = x
+    for block in model.blocks[:layers]:
+        h = block(h)
+    rows = [torch.autograd.grad(h[0, i].sum(), x, retain_graph=True)[0][0]
+            for i in range(n)]  # fmt: skip
+    return torch.stack(rows).abs().sum(-1) > 0
+
+
+def test_dilated_contender_sees_longnets_pattern_and_the_query_sees_all():
+    """One layer: i sees j <= i in its segment of 16, or j = i mod 4 (the r = 4
+    branch, whose 4 heads cover every residue); two layers: the last position,
+    recall's query, sees every token."""
+    torch.manual_seed(0)
+    model = bakeoff.build("dilated", vocab_size=8, dim=16, seq_len=31)
+    i, j = torch.arange(31)[:, None], torch.arange(31)[None, :]
+    longnet = (j <= i) & ((i // 16 == j // 16) | (i % 4 == j % 4))
+    assert torch.equal(_reach(model, 31, 1), longnet)
+    assert _reach(model, 31, 2)[-1].all()
+
+
+TOY_CELL = {"contender": "attention", "seq_len": 7, "params": 3000, "steps": 3,
+            "batch_size": 4, "lr": 3e-3, "seed": 0}  # fmt: skip
+
+
+def test_cell_scores_1000_validation_and_test_questions_and_is_deterministic():
+    first, again = bakeoff.cell(TOY_CELL), bakeoff.cell(TOY_CELL)
+    assert first["test_acc"] == again["test_acc"] and first["curve"] == again["curve"]
+    assert 0 <= first["val_acc"] <= 1 and first["width"] % 4 == 0
+    assert first["curve"]["step"][-1] == 3 and first["cpu_s"] > 0
+    train_data, val, test = bakeoff.recall_splits(7, 16, seed=0)
+    assert len(val[0]) == len(test[0]) == bakeoff.QUESTIONS == 1000
+    assert not torch.equal(val[0], test[0])  # separate questions
+    other, _, _ = bakeoff.recall_splits(7, 16, seed=1)
+    assert not torch.equal(train_data[0], other[0])  # each seed its own data
+    assert bakeoff.cell({**TOY_CELL, "dim": 8})["width"] == 8
+    json.dumps(first)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"learning_rate": 1e-3}, "unknown cell keys"),
+        ({"lr": float("inf")}, "lr must be finite"),
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"task": "bytes"}, "task must be 'recall'"),
+        ({"seq_len": 8}, "seq_len must be odd"),
+    ],
+)
+def test_cell_refuses_bad_cells_by_name(change, message):
+    with pytest.raises(ValueError, match=message):
+        bakeoff.cell({**TOY_CELL, **change})
+    with pytest.raises(ValueError, match="a cell needs 'seed'"):
+        bakeoff.cell({k: v for k, v in TOY_CELL.items() if k != "seed"})
+
+
+def test_every_contender_has_a_learning_rate_from_the_grid():
+    from benchmarks.bakeoff import EXTRA_LRS, ORDER
+
+    assert set(bakeoff.BEST_LR) == set(bakeoff.CONTENDERS) == set(ORDER)
+    for name, lr in bakeoff.BEST_LR.items():
+        assert lr in bakeoff.LRS + EXTRA_LRS.get(name, ())
+
+
+def test_benchmark_runs_at_toy_size_tunes_then_runs_new_seeds(tmp_path):
     from benchmarks import bakeoff as benchmark
+    from minimodels import experiments
 
     out = tmp_path / "bakeoff.json"
-    benchmark.main(
-        ["--contenders", "attention", "hyena", "--params", "6000", "--steps", "2",
-         "--batch-size", "4", "--recall", "7", "--induction", "--bytes", "16",
-         "--corpus-bytes", "20000", "--examples", "16", "--speed", "16", "32",
-         "--speed-dim", "8", "--repeats", "1", "--out", str(out)]
-    )  # fmt: skip
-    saved = json.loads(out.read_text())
-    assert saved["environment"]["torch"]
-    tasks = [(r["contender"], r["task"]) for r in saved["results"]["quality"]]
-    assert tasks == [("attention", "recall n=7"), ("hyena", "recall n=7"),
-                     ("attention", "bytes n=16"), ("hyena", "bytes n=16")]  # fmt: skip
-    speed = saved["results"]["speed"]
-    assert [(r["contender"], r["n"]) for r in speed] == [
-        ("attention", 16), ("attention", 32), ("hyena", 16), ("hyena", 32)
+    args = ["--contenders", "attention", "s4d", "--lrs", "1e-3", "1e-2", "--seeds",
+            "0", "--new-seeds", "5", "--steps", "2", "--params", "3000",
+            "--seq-len", "7", "--out", str(out)]  # fmt: skip
+    result = benchmark.main(args)
+    stored = experiments.load(out)
+    assert stored["rows"] == result["rows"]
+    assert "benchmarks.bakeoff" in stored["provenance"]["command"]
+    order = [(r["contender"], r["lr"], r["seed"]) for r in stored["rows"]]
+    best = {r["contender"]: r["lr"] for r in result["tuned"]}
+    assert order == [
+        ("attention", 1e-3, 0), ("attention", 1e-2, 0),
+        ("attention", best["attention"], 5),
+        ("s4d", 1e-3, 0), ("s4d", 1e-2, 0), ("s4d", best["s4d"], 5),
     ]  # fmt: skip
+    for name in ("attention", "s4d"):
+        scores = {r["lr"]: r["val_acc"] for r in stored["rows"]
+                  if r["contender"] == name and r["seed"] == 0}  # fmt: skip
+        assert scores[best[name]] == max(scores.values())
+    assert [r["seed"] for r in result["new"]] == [5, 5]
+
+
+def test_zoology_benchmark_runs_at_toy_size(tmp_path):
+    from benchmarks import zoology
+    from minimodels import experiments
+
+    out = tmp_path / "zoology.json"
+    args = ["--contenders", "attention", "hyena", "--widths", "8", "16",
+            "--lengths", "9", "--seeds", "0", "--steps", "2", "--vocab-size", "8",
+            "--out", str(out)]  # fmt: skip
+    result = zoology.main(args)
+    rows = experiments.load(out)["rows"]
+    assert rows == result["rows"]
+    assert [(r["contender"], r["width"], r["seq_len"]) for r in rows] == [
+        ("attention", 8, 9), ("attention", 16, 9), ("hyena", 8, 9), ("hyena", 16, 9)
+    ]  # fmt: skip
+    assert "hyena n=9" in zoology.table(rows)

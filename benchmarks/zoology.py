@@ -1,0 +1,101 @@
+"""Zoology's central plot at CPU size: recall accuracy against model width.
+
+"Zoology: Measuring and Improving Recall in Efficient Language Models" (Arora
+et al., 2023, arXiv:2312.04927), figure 2: on multi-query associative recall,
+attention solves the task at every sequence length with a small width, while the
+gated convolutions (H3, Hyena) need a width that grows with the length.
+
+Here each cell is ``minimodels.bakeoff.cell`` with the width fixed (``dim``)
+instead of the parameter count: a contender at a width, a length and a seed,
+at the learning rate of the bake-off's recipe (``bakeoff.BEST_LR``). The
+vocabulary is 64 (32 keys), so a longer sequence holds more distinct pairs to
+remember: 16 pairs at 33 tokens, 64 at 129. Rows go to one grid file with
+provenance (``minimodels.experiments``); an interrupted run resumes.
+
+    nice -n 10 python -m benchmarks.zoology --out figures/data/zoology_cpu.json
+
+(3 contenders x 3 widths x 2 lengths x 3 seeds: 54 runs, about an hour of one
+CPU core; ``--processes 2`` on an idle 2-core machine.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from minimodels import bakeoff, experiments
+
+VOCAB = 64
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--contenders", nargs="+", default=["attention", "h3", "hyena"],
+                   choices=list(bakeoff.CONTENDERS))  # fmt: skip
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--lengths", type=int, nargs="+", default=[33, 129])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=bakeoff.RECIPE["steps"])
+    p.add_argument("--vocab-size", type=int, default=VOCAB)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    p.add_argument("--out", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def cells(args: argparse.Namespace) -> list[dict]:
+    return [
+        {
+            "contender": name,
+            "task": "recall",
+            "seq_len": n,
+            "vocab_size": args.vocab_size,
+            "dim": dim,
+            "steps": args.steps,
+            "batch_size": bakeoff.RECIPE["batch_size"],
+            "lr": bakeoff.BEST_LR[name],
+            "seed": seed,
+        }  # fmt: skip
+        for n in args.lengths
+        for name in args.contenders
+        for dim in args.widths
+        for seed in args.seeds
+    ]
+
+
+def table(rows: list[dict]) -> str:
+    """Test accuracy, min over seeds, per contender x length (rows) x width."""
+    widths = sorted({r["dim"] for r in rows})
+    lines = [f"{'min over seeds':22s}" + "".join(f"{f'd={d}':>8s}" for d in widths)]
+    groups = experiments.summarize(rows, "test_acc", by=("contender", "seq_len", "dim"))
+    worst = {(g["contender"], g["seq_len"], g["dim"]): g["min"] for g in groups}
+    for name, n in dict.fromkeys((r["contender"], r["seq_len"]) for r in rows):
+        cells_ = "".join(
+            f"{worst[name, n, d]:8.3f}" if (name, n, d) in worst else f"{'':8s}"
+            for d in widths
+        )
+        lines.append(f"{f'{name} n={n}':22s}{cells_}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    command = shlex.join(
+        ["python", "-m", "benchmarks.zoology", *(argv or sys.argv[1:])]
+    )
+    rows = experiments.run_grid(
+        bakeoff.cell, cells(args), out=args.out, processes=args.processes,
+        threads=args.threads, command=command, description="zoology",
+    )  # fmt: skip
+    print(table(rows))
+    if args.out:
+        print(f"wrote {args.out}")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
