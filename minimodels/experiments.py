@@ -147,22 +147,22 @@ def run_grid(
     order of ``cells``.
     """
     check_positive(processes=processes, threads=threads)
-    cells = [dict(c) for c in cells]
-    keys = [cell_key(c) for c in cells]
+    grid: list[Cell] = [dict(c) for c in cells]
+    keys = [cell_key(c) for c in grid]
     check(len(set(keys)) == len(keys), "cells must be distinct")
     path = Path(out) if out is not None else None
     done: dict[str, Row] = {}
     if path is not None and path.exists():
         for row in load(path)["rows"]:
-            cell = {k: row[k] for k in cells[0] if k in row} if cells else {}
+            cell = {k: row[k] for k in grid[0] if k in row} if grid else {}
             done[cell_key(cell)] = row
     stamp = provenance(command, threads=threads)
-    todo = [c for c, k in zip(cells, keys) if k not in done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=description,
+    todo = [c for c, k in zip(grid, keys) if k not in done]
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=description,
                disable=not progress)  # fmt: skip
 
     def finished(row: Row) -> None:
-        done[cell_key({k: row[k] for k in cells[0]})] = row
+        done[cell_key({k: row[k] for k in grid[0]})] = row
         if path is not None:
             _save(path, stamp, [done[k] for k in keys if k in done])
         bar.update()

@@ -24,7 +24,7 @@ import importlib
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,15 @@ __all__ = [
 ]
 
 MixerFactory = Callable[[int], nn.Module]
+
+
+class RecurrentMixer(Protocol):
+    """A mixer that can also decode one token at a time."""
+
+    def init_state(self, batch: int) -> Any: ...
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+
 
 # name -> "module:attribute"; imported on first use so that importing minimodels
 # stays cheap and later chapters only add a line here.
@@ -109,7 +118,7 @@ class Block(nn.Module):
         return self._mlp(x + self.mixer(self.norm1(x)))
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y, state = self.mixer.step(self.norm1(x), state)
+        y, state = cast(RecurrentMixer, self.mixer).step(self.norm1(x), state)
         return self._mlp(x + y), state
 
 
@@ -171,12 +180,12 @@ class LM(nn.Module):
         x = self.embed(token)
         new_states = []
         for block, state in zip(self.blocks, states):
-            x, state = block.step(x, state)
+            x, state = cast(Block, block).step(x, state)
             new_states.append(state)
         return self.head(self.norm(x)), new_states
 
     def init_states(self, batch: int) -> list[Any]:
-        return [b.mixer.init_state(batch) for b in self.blocks]
+        return [cast(RecurrentMixer, b.mixer).init_state(batch) for b in self.blocks]
 
     @torch.no_grad()
     def generate(

@@ -70,7 +70,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups: declared settings, decayed matrices, the rest."""
     declared = optim_settings(model)
     special: dict[tuple, list[nn.Parameter]] = {}
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue

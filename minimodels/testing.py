@@ -76,5 +76,10 @@ def assert_same(
             continue
         assert a.grad is not None and b.grad is not None, f"input {i}: missing grad"
         torch.testing.assert_close(
-            a.grad, b.grad, rtol=rtol, atol=atol, msg=lambda m, i=i: f"grad {i}: {m}"
+            a.grad, b.grad, rtol=rtol, atol=atol, msg=_prefixed(f"grad {i}")
         )
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    """A message for ``assert_close`` that says which input failed."""
+    return lambda message: f"{prefix}: {message}"
