@@ -29,6 +29,7 @@ questions, which the chapter reports. Rows and provenance (``run_grid``) go to
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import shlex
 import sys
@@ -138,7 +139,7 @@ def _print_row(row: dict[str, Any]) -> None:
 # --- FLOPs: exact counts, where time is noise ---------------------------------------
 
 
-def _fft_flops(n_points: int, transforms: int, *, real: bool) -> int:
+def fft_flops(n_points: int, transforms: int, *, real: bool) -> int:
     """The textbook count of a radix-2 FFT of length N: 5 N log2 N real operations
     for complex input, half that for real input or output."""
     per = 5 * n_points * math.log2(n_points) / (2 if real else 1)
@@ -149,7 +150,7 @@ def _fft_formula(real: bool, use_output: bool) -> Callable[..., int]:
     def formula(x_shape, dim, *args, out_shape=None, **kwargs) -> int:
         shape = out_shape if use_output else x_shape
         n_points = math.prod(shape[d] for d in dim)
-        return _fft_flops(n_points, math.prod(shape) // n_points, real=real)
+        return fft_flops(n_points, math.prod(shape) // n_points, real=real)
 
     return formula
 
@@ -158,7 +159,7 @@ def forward_flops(module: nn.Module, n: int, dim: int, batch: int = 1) -> int:
     """Floating-point operations of one forward pass of ``module`` on a (batch n
     dim) input, counted by ``FlopCounterMode`` on the meta device (shapes only: no
     arithmetic is done, so any length costs nothing). The counter knows matmuls
-    and convolutions; FFTs it does not, so they are added at ``_fft_flops``. On
+    and convolutions; FFTs it does not, so they are added at ``fft_flops``. On
     the meta device attention takes SDPA's matmul path, so its q k^T and P v are
     counted as the two (n n d) matmuls they are, without halving for the mask."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -169,8 +170,8 @@ def forward_flops(module: nn.Module, n: int, dim: int, batch: int = 1) -> int:
         aten._fft_c2r: _fft_formula(real=True, use_output=True),
         aten._fft_c2c: _fft_formula(real=False, use_output=False),
     }
-    module = module.to("meta")
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=fft) as fc:
+    module = copy.deepcopy(module).to("meta")  # the caller's module is untouched
+    with FlopCounterMode(display=False, custom_mapping=fft) as fc:
         module(torch.empty(batch, n, dim, device="meta"))
     return fc.get_total_flops()
 
@@ -219,15 +220,23 @@ def recall_data(vocab: int, n: int, questions: int) -> tuple[Callable, Any, Any]
     return draw, val, associative_recall(questions, n, vocab, seed=TEST_SEED)
 
 
-def train_recall(cell: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """Train one cell's LM; returns it with its metrics (``recall_cell``'s)."""
+def build_recall_model(cell: dict[str, Any]) -> nn.Module:
+    """One cell's LM, initialised from the current seed."""
     from minimodels.lm import LM
-    from minimodels.train import TrainConfig, evaluate, train
 
     check(
         cell["contender"] in RECALL_CONTENDERS,
         "contender: unknown " + cell["contender"],
     )
+    depth = RECALL_CONTENDERS[cell["contender"]]
+    mixer = recall_mixer(cell["contender"], cell["n"], cell["lr"])
+    return LM(cell["vocab"], cell["dim"], depth, mixer)
+
+
+def train_recall(cell: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one cell's LM; returns it with its metrics (``recall_cell``'s)."""
+    from minimodels.train import TrainConfig, evaluate, train
+
     draw, val, test = recall_data(cell["vocab"], cell["n"], cell["questions"])
     steps = cell["steps"]
     config = TrainConfig(
@@ -236,9 +245,7 @@ def train_recall(cell: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
         progress=False,
     )  # fmt: skip
     torch.manual_seed(cell["seed"])
-    depth = RECALL_CONTENDERS[cell["contender"]]
-    mixer = recall_mixer(cell["contender"], cell["n"], cell["lr"])
-    model = LM(cell["vocab"], cell["dim"], depth, mixer)
+    model = build_recall_model(cell)
     cpu = time.process_time()
     history = train(model, draw, val, config)
     test_loss, test_acc = evaluate(model, test, batch_size=250, batches=None)
