@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from minimodels.attention import MultiHeadAttention
+from minimodels.data import associative_recall
 from minimodels.lm import LM, count_parameters, mixer_factory, sample_logits
 from minimodels.testing import assert_causal
+from minimodels.train import TrainConfig, evaluate, train
 
 
 def test_logits_shape_and_head_untied_by_default():
@@ -95,3 +97,27 @@ def test_sampling_options_are_checked(temperature, top_k, match):
                        temperature=temperature, top_k=top_k)  # fmt: skip
     with pytest.raises(ValueError, match=match):
         sample_logits(torch.zeros(1, 8), temperature, top_k, None)
+
+
+def _recall_examples(batch_size, generator):
+    seed = int(torch.randint(1 << 30, (1,), generator=generator))
+    return associative_recall(batch_size, 17, 16, multi_query=True, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_attention_lm_learns_associative_recall(seed):
+    """The shell's proof: a 2-layer attention-only LM at width 64 solves recall
+    (8 key-value pairs over 8 keys, then the query) in 300 steps on every seed.
+    Measured (seeds 0-5): 1.00 on the 1,000 test questions at step 300, >= 0.97
+    by step 150 on all six; with GPT-2's 0.02 init the chapter-0 model stays at
+    the counting baseline (chapter 0 and benchmarks/ch00_recall.py)."""
+    torch.manual_seed(seed)
+    model = LM(16, dim=64, depth=2, mixer=mixer_factory("attention", heads=4),
+               mlp_mult=0)  # fmt: skip
+    test = associative_recall(1000, 17, 16, seed=2**31 + 1)
+    config = TrainConfig(steps=300, batch_size=64, lr=2e-3, warmup=30,
+                         eval_every=300, seed=seed, progress=False)  # fmt: skip
+    history = train(model, _recall_examples, test, config)
+    _, acc = evaluate(model, test, batches=None)
+    assert acc == history.final_acc  # the trainer scored all 1,000 questions
+    assert acc >= 0.95, acc
