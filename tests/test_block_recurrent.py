@@ -213,15 +213,17 @@ def test_unfinished_block_leaves_the_state_alone():
     assert mems[0].shape[3] == 4 + 3  # a block of memory + the unfinished 3
 
 
-def test_gradients_reach_state_parameters():
-    model = small_model(gate="lstm").train()
+@pytest.mark.parametrize("state_mlp", [False, True])
+def test_gradients_reach_state_parameters(state_mlp):
+    model = small_model(gate="lstm", state_mlp=state_mlp).train()
     wrapper = RecurrentTrainWrapper(model, segment_len=4, truncate_every=None)
     wrapper(torch.randint(0, 17, (2, 13))).backward()
     layer = model.attns[0]
     for name in ("initial_state", "state_ids"):
         grad = getattr(layer, name).grad
         assert grad is not None and grad.abs().sum() > 0, name
-    for p in [*layer.gate.parameters(), *layer.state_to_kv.parameters()]:
+    extra = [*layer.mlp.parameters(), *layer.mlp_gate.parameters()] if state_mlp else []
+    for p in [*layer.gate.parameters(), *layer.state_to_kv.parameters(), *extra]:
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
