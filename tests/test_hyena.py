@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import torch
 
+from minimodels.attention import MultiHeadAttention
 from minimodels.conv import fft_conv, toeplitz
 from minimodels.hyena import (
     FILTERS,
@@ -276,6 +277,33 @@ def test_works_in_the_language_model():
     assert model.generate(ids[:, :3], 4, temperature=0).shape == (2, 7)
 
 
+def _linear_flops(module, positions):
+    return sum(
+        2 * positions * m.in_features * m.out_features
+        for m in module.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def test_forward_flops_are_exact_counts():
+    from benchmarks.hyena import fft_flops, forward_flops
+
+    n, d = 256, 16
+    attention = MultiHeadAttention(d, heads=2, rotary=False)
+    expected = _linear_flops(attention, n) + 2 * (2 * n * n * d)  # q k^T and P v
+    assert forward_flops(attention, n, d) == expected
+    assert forward_flops(attention, 2 * n, d) > 3.5 * expected  # ~ n^2
+
+    hyena = HyenaOperator(d, max_len=n, order=2, filter_order=8)
+    projections = _linear_flops(hyena.in_proj, n) + _linear_flops(hyena.out_proj, n)
+    mlp = _linear_flops(hyena.filter_fn.mlp, n)  # on n positions, linear in n
+    short = 2 * 3 * d * 3 * n  # depthwise, 3 taps, 3 d channels
+    # per order: rfft of z (d rows), rfft of h (d rows), irfft (d rows), length 2n
+    ffts = 2 * 3 * fft_flops(2 * n, d, real=True)
+    assert forward_flops(hyena, n, d) == projections + mlp + short + ffts
+    assert fft_flops(8, 1, real=False) == 5 * 8 * 3
+
+
 def test_benchmark_runs_at_toy_size(tmp_path):
     from benchmarks import hyena as bench_hyena
 
@@ -288,17 +316,27 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     assert all(r["hyena_s"] > 0 and r["attention_s"] > 0 for r in rows)
     assert "crossover" in data["results"] and "environment" in data
 
+
+def test_recall_grid_runs_at_toy_size(tmp_path):
+    from benchmarks import hyena as bench_hyena
+    from minimodels import experiments
+
     out = tmp_path / "recall.json"
-    argv = "recall --lengths 10 --vocabs 8 --steps 2 --dim 16 --dense --val-size 8"
-    bench_hyena.main(
-        [*argv.split(), "--mixers", "hyena", "h3", "attention:2", "--out", str(out)]
+    rows = bench_hyena.main(["recall", "--toy", "--out", str(out)])
+    stored = experiments.load(out)
+    assert stored["rows"] == rows and stored["provenance"]["threads"] == 1
+    tasks = {(r["vocab"], r["n"], r["contender"]) for r in rows}
+    assert tasks == {
+        (10, 33, "hyena"), (10, 33, "h3"), (10, 33, "attention"),
+        (10, 33, "attention-2"),
+    }  # fmt: skip
+    assert all(0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1 for r in rows)
+    table = bench_hyena.recall_table(rows)
+    assert len(table) == 4 and all(t["seeds"] == [0, 1] for t in table)
+    # a stored cell re-runs to the same numbers on the same machine
+    stored_row, live = experiments.spot_check(
+        bench_hyena.recall_cell, rows, bench_hyena.CELL_NAMES
     )
-    rows = json.loads(out.read_text())["results"]["rows"]
-    assert [(r["mixer"], r["depth"], r["n"]) for r in rows] == [
-        ("hyena", 1, 11),
-        ("h3", 1, 11),
-        ("attention", 2, 11),
-    ]
-    assert all(0 <= r["acc"] <= 1 for r in rows)
-    with pytest.raises(ValueError, match="mixers"):
-        bench_hyena.main([*argv.split(), "--mixers", "rwkv", "--out", str(out)])
+    assert live["test_acc"] == stored_row["test_acc"]
+    with pytest.raises(ValueError, match="contender"):
+        bench_hyena.recall_cell({**rows[0], "contender": "rwkv"})
