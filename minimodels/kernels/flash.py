@@ -395,6 +395,9 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+TUNE_KEY = ["N_BUCKET", "M_BUCKET", "HEAD_DIM", "CAUSAL"]
+
+
 def _autotune(kernel, pairs: list[tuple[int, int]]):  # noqa: ANN202
     """``kernel`` tuned over 4 block shapes x warps (4, 8) x stages (2, 3, 4), keyed
     on the lengths rounded up to a power of two: a new length re-tunes the 24
@@ -405,9 +408,7 @@ def _autotune(kernel, pairs: list[tuple[int, int]]):  # noqa: ANN202
         for w in (4, 8)
         for s in (2, 3, 4)
     ]
-    return triton.autotune(configs, ["N_BUCKET", "M_BUCKET", "HEAD_DIM", "CAUSAL"])(
-        kernel
-    )
+    return triton.autotune(configs, TUNE_KEY)(kernel)
 
 
 _fwd_tuned = _autotune(_fwd_kernel, [(64, 64), (128, 32), (128, 64), (128, 128)])
@@ -517,14 +518,14 @@ def flash_forward(
 
 
 def block_plan(
-    n: int, m: int, causal: bool, *, block_m: int = 64, block_n: int = 64,
-    device: str | torch.device = "cpu",
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    n: int, m: int, causal: bool, *, block_m: int = 64, block_n: int = 64
+) -> tuple[Tensor, Tensor]:
     """Step 4: how the kernels visit the (query block, key block) tiles, from the
     kernels' own range functions: 0 skipped, 1 no mask, 2 masked. Returns the plan
     of the forward and dQ kernels, and that of the dK/dV kernel."""
     check_positive(n=n, m=m, block_m=block_m, block_n=block_n)
     rows, cols = triton.cdiv(n, block_m), triton.cdiv(m, block_n)
+    device = "cpu" if _interpreted() else "cuda"
     out = torch.zeros(4, max(rows, cols), dtype=torch.int32, device=device)
     _plan_kernel[(max(rows, cols),)](*out, n, m, block_m, block_n, bool(causal))
     free, hi, lo, free_q = (t[:, None] for t in out.long().cpu())
