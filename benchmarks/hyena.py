@@ -4,6 +4,7 @@ length, and associative recall over seeds and learning rates.
     python -m benchmarks.hyena --device cuda   # speed, 1K .. 128K tokens
     python -m benchmarks.hyena recall          # the chapter's grid (CPU, ~5 CPU-min)
     python -m benchmarks.hyena recall --toy    # a seconds-long grid for the tests
+    python -m benchmarks.hyena filters         # implicit vs explicit filters
 
 ``speed`` times one ``HyenaOperator`` (order 2, implicit filters) and one
 ``MultiHeadAttention`` (SDPA, causal; FlashAttention on a GPU in bf16) of the
@@ -23,7 +24,10 @@ batch order): 300 AdamW steps of 32 fresh multi-query sequences. It reports
 ``val_acc`` on 1,000 validation questions, which ``experiments.tune`` uses to
 pick each contender's learning rate, and ``test_acc`` on 1,000 other test
 questions, which the chapter reports. Rows and provenance (``run_grid``) go to
-``figures/data/hyena_recall_cpu.json``.
+``figures/data/hyena_recall_cpu.json``. ``filters`` runs the same grid for two
+more Hyena layers with equal filter parameters: implicit filters of width 23
+(``hyena-small``) and explicit ones (``hyena-explicit``), into
+``figures/data/hyena_filters_cpu.json``.
 """
 
 from __future__ import annotations
@@ -182,7 +186,15 @@ def forward_flops(module: nn.Module, n: int, dim: int, batch: int = 1) -> int:
 # (vocabulary 20, 65 tokens) was planned; the shared 2-core machine ran out of time.
 RECALL_TASKS = [(10, 33)]
 # contender -> (mixer, layers); attention with one layer only on the first task
-RECALL_CONTENDERS = {"hyena": 1, "h3": 1, "attention": 1, "attention-2": 2}
+RECALL_CONTENDERS = {
+    "hyena": 1, "h3": 1, "attention": 1, "attention-2": 2,
+    "hyena-small": 1, "hyena-explicit": 1,
+}  # fmt: skip
+# implicit against explicit filters at equal filter parameters (the ``filters``
+# grid): an explicit filter has N d n = 2 * 64 * 33 = 4,224 parameters, an implicit
+# one of width F has 2 F^2 + 137 F (here 4,209 at F = 23)
+FILTER_CONTENDERS = ["hyena-small", "hyena-explicit"]
+SMALL_FILTER_ORDER = 23
 TASK_CONTENDERS = {(10, 33): ["hyena", "h3", "attention", "attention-2"]}
 RECALL_LRS = [1e-3, 3e-3]
 RECALL_SEEDS = [0, 1, 2]
@@ -198,6 +210,13 @@ def recall_mixer(contender: str, n: int, lr: float) -> Callable[[int], nn.Module
             HyenaOperator, max_len=n, emb_dim=5, sin_freq=10.0, filter_lr=lr,
             pos_emb_lr=0.0,
         )  # fmt: skip
+    if contender == "hyena-small":
+        return partial(
+            HyenaOperator, max_len=n, emb_dim=5, sin_freq=10.0, filter_lr=lr,
+            pos_emb_lr=0.0, filter_order=SMALL_FILTER_ORDER,
+        )  # fmt: skip
+    if contender == "hyena-explicit":
+        return partial(HyenaOperator, max_len=n, filter="explicit")
     if contender == "h3":
         from minimodels.h3 import H3
 
@@ -269,13 +288,15 @@ def recall_cells(
     dim: int = RECALL_DIM,
     lrs: Sequence[float] = RECALL_LRS,
     seeds: Sequence[int] = RECALL_SEEDS,
+    contenders: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The grid: task x contender x lr x seed, at ``scale`` x the step count."""
+    """The grid: task x contender x lr x seed, at ``scale`` x the step count
+    (``contenders``: the same for every task, else each task's own)."""
     steps = max(1, round(RECALL_STEPS * scale))
     return [
         {"contender": c, "vocab": v, "n": n, "lr": lr, "seed": s, "steps": steps,
          "questions": questions, "dim": dim}
-        for v, n in RECALL_TASKS for c in TASK_CONTENDERS[v, n]
+        for v, n in RECALL_TASKS for c in (contenders or TASK_CONTENDERS[v, n])
         for lr in lrs for s in seeds
     ]  # fmt: skip
 
@@ -293,6 +314,8 @@ def recall_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def recall(args: argparse.Namespace) -> list[dict[str, Any]]:
     toy = {"scale": 0.01, "questions": 50, "dim": 16, "lrs": [1e-3], "seeds": [0, 1]}
     size = toy if args.toy else {}
+    if args.experiment == "filters":
+        size["contenders"] = FILTER_CONTENDERS
     grid = recall_cells(**size)
     given = list(args.argv)
     command = shlex.join(["python", "-m", "benchmarks.hyena", *given])
@@ -312,7 +335,7 @@ def recall(args: argparse.Namespace) -> list[dict[str, Any]]:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "experiment", nargs="?", default="speed", choices=["speed", "recall"]
+        "experiment", nargs="?", default="speed", choices=["speed", "recall", "filters"]
     )
     p.add_argument("--device", default="cpu", help="speed only")
     p.add_argument("--lengths", type=int, nargs="+", default=None)
@@ -339,7 +362,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     else:
         check(not cuda, "--device: the recall grid runs on the CPU")
-        args.out = args.out or bench.figures_dir() / "data/hyena_recall_cpu.json"
+        name = "recall" if args.experiment == "recall" else "filters"
+        args.out = args.out or bench.figures_dir() / f"data/hyena_{name}_cpu.json"
     args.heads = args.heads or max(1, (args.dim or 64) // 64)
     return args
 
@@ -365,7 +389,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     args = parse(argv)
-    if args.experiment == "recall":
+    if args.experiment in ("recall", "filters"):
         return recall(args)
     if args.threads:
         torch.set_num_threads(args.threads)
