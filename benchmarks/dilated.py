@@ -4,7 +4,9 @@ The layer is ``minimodels.dilated.DilatedAttention`` (projections included) with
 geometric branches w_k = w_0 2^k, r_k = 2^k (w_k / r_k = w_0 rows per segment,
 so every branch costs O(N w_0)); the reference is ``MultiHeadAttention`` (SDPA,
 causal) at the same width, measured up to ``--dense-max`` tokens. Batch 1,
-forward only, no grad.
+forward only, no grad. With the default 8 heads and 5 branches (r up to 16),
+each head takes two offsets in the r = 16 branch (``dilated.head_slots``), so
+every position is seen in every branch.
 
     python -m benchmarks.dilated --device cuda --out figures/data/dilated_h100.json
     python -m benchmarks.dilated --sizes 1024 4096 --out /tmp/dilated_cpu.json

@@ -10,9 +10,15 @@ sparsified segment, and the outputs are scattered back (eq. 5-8):
     Q~_i = [Q_{iw + s}, Q_{iw + s + r}, ..., ]     (same for K~, V~),
     O~_i = softmax(Q~_i K~_i^T / sqrt(d)) V~_i,    O = scatter(O~_0, O~_1, ...),
 
-where head j starts at offset s_j = j mod r (section 2.4), so that the heads
-together cover every position. Positions a head does not select get no output from
-that branch. The cost is O(N w / r) per branch and head: linear in N.
+where head j starts at offset s_j = j mod r (section 2.4), so that with h >= r heads
+together cover every position. With fewer heads than r the paper's offsets would
+leave the residues h..r-1 to no head; here head j then takes every offset
+s = j, j + h, j + 2h, ... < r, each attended separately (as if the head were split
+into ceil(r / h) heads sharing its projections). In both cases head j keeps
+position p iff (p mod r) = j (mod min(h, r)), and every query sees, in every
+branch, each earlier key of its segment with its own residue. Positions a head does
+not keep get no output from that branch. Each (head, offset) costs
+(N / w)(w / r)^2 = N w / r^2 scores per branch: linear in N.
 
 Several branches (w_k, r_k) are mixed by their softmax denominators (eq. 10):
 
@@ -36,11 +42,12 @@ k branch, v vocabulary.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
@@ -51,11 +58,14 @@ __all__ = [
     "Branch",
     "check_branches",
     "head_offsets",
+    "head_slots",
+    "keeps",
     "kept_positions",
     "sparsify",
     "scatter_back",
     "effective_segment",
     "branch_mask",
+    "reach",
     "pattern_counts",
     "attend_sparse",
     "dilated_branch",
@@ -70,24 +80,59 @@ __all__ = [
 Branch = tuple[int, int]  # (segment length w, dilation r)
 
 
-def check_branches(branches: Sequence[Branch], heads: int) -> None:
-    """Validate (w, r) pairs: positive, r divides w, and enough heads that the
-    heads' offsets j mod r together reach every position."""
+def _check_int(**values: object) -> None:
+    """Each value must be a Python (or numpy) integer, not a float or a bool."""
+    for name, value in values.items():
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        check(ok, f"{name} must be an integer, got {value!r}")
+
+
+def check_branches(branches: Sequence[Branch], heads: int = 1) -> None:
+    """Validate (w, r) pairs: positive integers, r divides w. Any number of heads
+    covers every position (``head_slots``), so ``heads`` is only checked > 0."""
     check(len(branches) > 0, "segment_lengths must name at least one branch")
+    _check_int(heads=heads)
+    check_positive(heads=heads)
     for w, r in branches:
+        _check_int(segment_length=w, dilation_rate=r)
         check_positive(segment_length=w, dilation_rate=r)
         check_divides("dilation_rate", r, "segment_length", w)
-    r_min = min(r for _, r in branches)
-    check(
-        heads >= r_min,
-        f"heads ({heads}) must be >= the smallest dilation rate ({r_min}), "
-        "otherwise some positions are seen by no head",
-    )
 
 
 def head_offsets(heads: int, r: int, device: torch.device | None = None) -> Tensor:
     """s_j = j mod r: the first position head j keeps in each segment. (h,)"""
     return torch.arange(heads, device=device) % r
+
+
+def head_slots(heads: int, r: int) -> int:
+    """u: offsets per head in a branch of dilation r; 1 when heads >= r, else
+    ceil(r / heads) (head j takes j, j + h, ...; slots past r stay empty)."""
+    return 1 if heads >= r else -(-r // heads)
+
+
+def keeps(pos: Tensor, head: Tensor, heads: int, r: int) -> Tensor:
+    """Whether head ``head`` of ``heads`` keeps position ``pos`` in a branch of
+    dilation r: (pos mod r) = head (mod min(heads, r)). Broadcasts."""
+    m = min(heads, r)
+    return pos % r % m == head % m
+
+
+def expand_slots(t: Tensor, r: int) -> Tensor:
+    """(b h n d) -> (b r n d) when h < r: slot v = i h + j is head j at offset v."""
+    u = head_slots(t.shape[1], r)
+    return t if u == 1 else repeat(t, "b h n d -> b (u h) n d", u=u)[:, :r]
+
+
+def fold_slots(o: Tensor, lse: Tensor, heads: int, r: int) -> tuple[Tensor, Tensor]:
+    """Undo ``expand_slots``: o (b r n d) -> (b h n d), lse (b r n) -> (b h n).
+    A head's slots keep disjoint positions: its output is their sum."""
+    u = head_slots(heads, r)
+    if u == 1:
+        return o, lse
+    extra = u * heads - r  # empty slots of the last round
+    o = reduce(F.pad(o, (0, 0, 0, 0, 0, extra)), "b (u h) n d -> b h n d", "sum", u=u)
+    lse = F.pad(lse, (0, 0, 0, extra), value=float("-inf"))
+    return o, reduce(lse, "b (u h) n -> b h n", "max", u=u)
 
 
 def effective_segment(w: int, r: int, n: int) -> int:
@@ -125,19 +170,21 @@ def scatter_back(y: Tensor, r: int, fill: float = 0.0) -> Tensor:
 
 
 def pattern_counts(
-    q_pos: Tensor, k_pos: Tensor, branches: Sequence[Branch], n: int
+    q_pos: Tensor, k_pos: Tensor, branches: Sequence[Branch], n: int, heads: int
 ) -> Tensor:
     """c_ij: in how many branches query position i and key position j share a
-    segment and are both kept by the head. q_pos (h ... i), k_pos (h ... j)."""
-    heads = q_pos.shape[0]
-    shape = (heads,) + (1,) * (q_pos.ndim - 1)
+    segment and a residue kept by the head. q_pos (u ... i), k_pos (u ... j):
+    row v belongs to head v mod ``heads`` (``expand_slots``)."""
+    rows = q_pos.shape[0]
+    head = (torch.arange(rows, device=q_pos.device) % heads).view(
+        rows, *(1,) * q_pos.ndim
+    )
     qp, kp = q_pos[..., :, None], k_pos[..., None, :]
     count = torch.zeros(torch.broadcast_shapes(qp.shape, kp.shape), dtype=torch.long)
     count = count.to(q_pos.device)
     for w, r in branches:
         w = effective_segment(w, r, n)
-        o = head_offsets(heads, r, q_pos.device).view(*shape, 1)
-        same = (qp // w == kp // w) & (qp % r == o) & (kp % r == o)
+        same = (qp // w == kp // w) & (qp % r == kp % r) & keeps(qp, head, heads, r)
         count += same.long()
     return count
 
@@ -199,12 +246,12 @@ def dilated_branch(
     n_total = default(n_total, start + n)
     w = effective_segment(w, r, n_total)
     pad = -n % w
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q, k, v = (expand_slots(F.pad(t, (0, 0, 0, pad)), r) for t in (q, k, v))
     segments = (n + pad) // w
-    pos = kept_positions(h, segments, w, r, start, q.device)  # (h s m)
+    pos = kept_positions(q.shape[1], segments, w, r, start, q.device)  # (u s m)
     bias = None
     if dedupe_over is not None:
-        count = pattern_counts(pos, pos, dedupe_over, n_total)
+        count = pattern_counts(pos, pos, dedupe_over, n_total, h)
         bias = -torch.log(
             count.clamp(min=1).to(torch.promote_types(q.dtype, torch.float32))
         )
@@ -214,7 +261,7 @@ def dilated_branch(
     )
     o = scatter_back(o, r)[:, :, :n]
     lse = scatter_back(lse[..., None], r, float("-inf"))[:, :, :n, 0]
-    return o, lse
+    return fold_slots(o, lse, h, r)
 
 
 def combine_branches(outs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tensor:
@@ -240,9 +287,10 @@ def _branches(
         f"segment_lengths ({len(segment_lengths)}) and dilation_rates "
         f"({len(dilation_rates)}) must have the same length",
     )
-    return list(
-        zip((int(w) for w in segment_lengths), (int(r) for r in dilation_rates))
-    )
+    branches = list(zip(segment_lengths, dilation_rates))
+    for w, r in branches:
+        _check_int(segment_length=w, dilation_rate=r)
+    return [(int(w), int(r)) for w, r in branches]
 
 
 def dilated_attention(
@@ -259,6 +307,8 @@ def dilated_attention(
     """Multi-branch dilated attention: q, k (b h n d), v (b h n e) -> (b h n e)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 4, "b h n d")
+        check(t.is_floating_point(), f"{name} must be a floating tensor, got {t.dtype}")
+    check(q.shape[2] > 0, "the sequence is empty (n = 0): nothing to attend to")
     check(
         q.shape == k.shape and v.shape[:3] == q.shape[:3],
         f"q and k must have the same shape and v the same (b h n), got "
@@ -283,9 +333,21 @@ def branch_mask(n: int, heads: int, w: int, r: int, *, causal: bool) -> Tensor:
     i = torch.arange(n)[None, :, None]
     j = torch.arange(n)[None, None, :]
     w = effective_segment(w, r, n)
-    o = head_offsets(heads, r)[:, None, None]
-    mask = (i // w == j // w) & (i % r == o) & (j % r == o)
+    head = torch.arange(heads)[:, None, None]
+    mask = (i // w == j // w) & (i % r == j % r) & keeps(i, head, heads, r)
     return mask & (j <= i) if causal else mask
+
+
+def reach(n: int, heads: int, branches: Sequence[Branch], layers: int = 1) -> Tensor:
+    """(n n) bool: whether key position j can influence query i through ``layers``
+    causal layers of these branches (the residual stream adds i <- i)."""
+    step = torch.eye(n, dtype=torch.bool)
+    for w, r in branches:
+        step |= branch_mask(n, heads, w, r, causal=True).any(0)
+    out = torch.eye(n, dtype=torch.bool)
+    for _ in range(layers):
+        out = (out.double() @ step.double()) > 0  # i <- x in one more layer <- j
+    return out
 
 
 def dilated_attention_reference(
@@ -340,6 +402,7 @@ class DilatedAttention(nn.Module):
         dedupe: bool = False,
     ) -> None:
         super().__init__()
+        _check_int(dim=dim, heads=heads)
         check_positive(dim=dim, heads=heads)
         check(
             (segment_lengths is None) == (dilation_rates is None),
@@ -383,6 +446,7 @@ class DilatedAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         check_ndim("x", x, 3, "b n c")
+        check(x.shape[1] > 0, "x is an empty sequence (n = 0)")
         q, k, v = self.qkv(x)
         o = dilated_attention(
             q, k, v, self.segment_lengths, self.dilation_rates,
@@ -437,22 +501,15 @@ class LongNetTransformer(nn.Module):
         causal: bool = True,
     ) -> None:
         super().__init__()
+        _check_int(num_tokens=num_tokens, dim=dim, depth=depth)
         check_positive(num_tokens=num_tokens, dim=dim, depth=depth)
         self.embed = nn.Embedding(num_tokens, dim)
+        attn = dict(
+            qk_norm=qk_norm, causal=causal, dim_head=dim_head,
+            segment_lengths=segment_lengths, dilation_rates=dilation_rates,
+        )  # fmt: skip
         self.blocks = nn.ModuleList(
-            _ParallelBlock(
-                dim,
-                DilatedAttention(
-                    dim,
-                    heads,
-                    qk_norm=qk_norm,
-                    causal=causal,
-                    dim_head=dim_head,
-                    segment_lengths=segment_lengths,
-                    dilation_rates=dilation_rates,
-                ),  # fmt: skip
-                ff_mult,
-            )
+            _ParallelBlock(dim, DilatedAttention(dim, heads, **attn), ff_mult)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -461,6 +518,7 @@ class LongNetTransformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:  # tokens: (b n) -> (b n v)
         check_ndim("tokens", tokens, 2, "b n")
+        check(tokens.shape[1] > 0, "tokens is an empty sequence (n = 0)")
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)

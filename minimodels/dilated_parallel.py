@@ -14,9 +14,11 @@ L = N / P tokens each; every rank projects its own slice to Q, K, V. For a branc
 
   so a rank receives (g - 1) L / r = (w - L) / r rows per head, which for the
   geometric sequences w_k = w_0 a^k, r_k = a^k is at most w_0 rows per branch,
-  whatever N is. The backward of the all-gather sums every rank's gradient for a
-  block and hands it back to the block's owner (reduce-scatter; all-reduce and
-  slice with gloo, which has no reduce-scatter).
+  whatever N is, when there are at least r heads. A head that must take
+  several offsets (fewer heads than r, ``minimodels.dilated.head_slots``)
+  receives that many times more. The backward of the all-gather sums every
+  rank's gradient for a block and hands it back to the block's owner
+  (reduce-scatter; all-reduce and slice with gloo, which has no reduce-scatter).
 
 The outputs of the branches are mixed locally by their log-sum-exp exactly as in
 ``minimodels.dilated``; the result on each rank equals the single-process output
@@ -50,6 +52,8 @@ from minimodels.dilated import (
     combine_branches,
     dilated_branch,
     effective_segment,
+    expand_slots,
+    fold_slots,
     kept_positions,
     pattern_counts,
     scatter_back,
@@ -128,7 +132,8 @@ def communication_volume(
     for w, r in branches:
         w = effective_segment(w, r, n)
         if w > local:
-            total += 2 * batch * heads * dim_head * (w // local - 1) * (local // r)
+            rows = max(heads, r) * (local // r)  # heads < r: all r residues (slots)
+            total += 2 * batch * rows * dim_head * (w // local - 1)
     return total
 
 
@@ -172,21 +177,24 @@ class SequenceParallelDilatedAttention(nn.Module):
             )  # fmt: skip
         g = w // local
         first = start - (dist.get_rank() % g) * local  # first position of the group
-        q_pos = kept_positions(h, 1, local, r, start, q.device)  # (h 1 m)
-        k_pos = kept_positions(h, g, local, r, first, q.device).flatten(1)[:, None]
+        q, k, v = (expand_slots(t, r) for t in (q, k, v))  # (b u l d), u slots
+        u = q.shape[1]
+        q_pos = kept_positions(u, 1, local, r, start, q.device)  # (u 1 m)
+        k_pos = kept_positions(u, g, local, r, first, q.device).flatten(1)[:, None]
         qs, ks, vs = (sparsify(t, local, r) for t in (q, k, v))  # (b h 1 m d)
         group = self._group(g)
         ks, vs = gather_segments(ks, group), gather_segments(vs, group)
         self.received_elements += 2 * (g - 1) * qs.numel()
         bias = None
         if dedupe is not None:
-            count = pattern_counts(q_pos, k_pos, dedupe, n).clamp(min=1)
+            count = pattern_counts(q_pos, k_pos, dedupe, n, h).clamp(min=1)
             bias = -torch.log(count.to(torch.promote_types(q.dtype, torch.float32)))
         o, lse = attend_sparse(
             qs, ks, vs, q_pos, k_pos, n=n, causal=attn.causal, scale=scale, bias=bias
         )
         o = scatter_back(o, r)
-        return o, scatter_back(lse[..., None], r, float("-inf"))[..., 0]
+        lse = scatter_back(lse[..., None], r, float("-inf"))[..., 0]
+        return fold_slots(o, lse, h, r)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (b l c), this rank's slice
         check_ndim("x", x, 3, "b l c")

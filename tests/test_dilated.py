@@ -12,6 +12,8 @@ from minimodels.dilated import (
     dilated_attention,
     dilated_attention_reference,
     dilated_branch,
+    effective_segment,
+    reach,
 )
 from minimodels.lm import LM, mixer_factory
 from minimodels.testing import assert_causal, assert_same
@@ -24,6 +26,10 @@ CONFIGS = [
     ((4, 8, 16), (1, 2, 4), 4, 37),
     ((8, 16), (2, 4), 4, 29),
     ((4, 64), (1, 8), 8, 19),
+    # fewer heads than the dilation rate: each head takes several offsets
+    ((16,), (4,), 3, 37),  # 3 does not divide 4: the last head has one slot
+    ((8, 32), (1, 8), 2, 29),
+    ((16, 64), (4, 16), 4, 70),
 ]
 
 
@@ -93,6 +99,62 @@ def test_pattern_positions_and_heads():
     for r in rates:  # in a branch alone, head j keeps exactly positions j mod r
         b = branch_mask(n, heads, 4 * r, r, causal=True).any(-1)
         assert torch.equal(b, idx[None, :] % r == torch.arange(heads)[:, None] % r)
+
+
+@pytest.mark.parametrize("segs, rates, heads, n", CONFIGS)
+def test_every_query_sees_each_earlier_key_of_its_segment_and_residue(
+    segs, rates, heads, n
+):
+    # Branch by branch, the fast path's own pattern (one-hot values, uniform
+    # scores), pooled over heads, is exactly: same segment, same residue mod r,
+    # j <= i. Written here from the definition, not from the library's masks.
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    q = torch.zeros(1, heads, n, 4, dtype=torch.float64)
+    v = torch.eye(n, dtype=torch.float64).expand(1, heads, n, n)
+    for w, r in zip(segs, rates):
+        o = dilated_attention(q, q, v, (w,), (r,), causal=True)[0]  # (h n n)
+        seen = (o > 0).any(0)
+        w = effective_segment(w, r, n)
+        want = (i // w == j // w) & (i % r == j % r) & (j <= i)
+        assert torch.equal(seen, want), (w, r, heads)
+        if heads >= r:  # the paper's offsets: head h keeps positions = h mod r
+            kept = (o > 0).any(-1)
+            assert torch.equal(kept, i.T % r == torch.arange(heads)[:, None] % r)
+
+
+def _gradient_reach(model, n: int, query: int) -> torch.Tensor:
+    """Which input positions move the logits at ``query`` (the gradient w.r.t.
+    the embeddings is nonzero): the model's receptive field, measured."""
+    ids = torch.randint(0, 16, (1, n), generator=torch.Generator().manual_seed(0))
+    emb = model.embed(ids).detach().requires_grad_(True)
+    hook = model.embed.register_forward_hook(lambda m, i, o: emb)
+    try:
+        model(ids)[0, query].sum().backward()
+    finally:
+        hook.remove()
+    return emb.grad[0].abs().sum(-1) > 0
+
+
+@pytest.mark.parametrize(
+    "heads, segs, rates, n, depth, last_sees",
+    [
+        (2, (16, 64), (1, 4), 31, 2, 31),  # chapter 9's contender: was 23 of 31
+        (4, (16, 64, 256), (1, 4, 16), 256, 2, 256),  # chapter 6's LM: was 112
+        (3, (8, 24), (1, 6), 48, 1, 8 + 4 - 2),  # 1 layer: 8 local, 4 dilated
+    ],
+)
+def test_model_receptive_field_is_the_pattern_closure(
+    heads, segs, rates, n, depth, last_sees
+):
+    torch.manual_seed(0)
+    mixer = mixer_factory(
+        "dilated", heads=heads, segment_lengths=segs, dilation_rates=rates
+    )
+    model = LM(16, 12 * heads, depth, mixer).double()
+    field = reach(n, heads, list(zip(segs, rates)), depth)
+    for query in sorted({n - 1, n // 2, 5}):
+        assert torch.equal(_gradient_reach(model, n, query), field[query])
+    assert int(field[n - 1].sum()) == last_sees
 
 
 def test_empty_rows_and_padding_give_zero_not_nan():
@@ -206,8 +268,14 @@ def test_seed_readme_examples_run_with_only_the_import_changed():
 def test_bad_configs_give_clear_errors():
     with pytest.raises(ValueError, match="dilation_rate"):
         DilatedAttention(16, 4, dilation_rate=3, segment_size=8)
-    with pytest.raises(ValueError, match="heads .* smallest dilation rate"):
-        DilatedAttention(16, 1, dilation_rate=2, segment_size=8)
+    with pytest.raises(ValueError, match="segment_length must be an integer"):
+        DilatedAttention(16, 4, segment_lengths=(8.7,), dilation_rates=(1,))
+    with pytest.raises(ValueError, match="dilation_rate must be an integer"):
+        DilatedAttention(16, 4, dilation_rate=2.0, segment_size=8)
+    with pytest.raises(ValueError, match="heads must be an integer"):
+        DilatedAttention(16, 4.0)
+    with pytest.raises(ValueError, match="empty sequence"):
+        DilatedAttention(16, 4)(torch.randn(2, 0, 16))
     with pytest.raises(ValueError, match="same length"):
         DilatedAttention(16, 4, segment_lengths=(8, 16), dilation_rates=(1,))
     with pytest.raises(ValueError, match="both segment_lengths and dilation_rates"):
@@ -220,6 +288,19 @@ def test_bad_configs_give_clear_errors():
         DilatedAttention(16, 4)(torch.randn(16, 16))
     with pytest.raises(ValueError, match="at least one branch"):
         DilatedAttention(16, 4, segment_lengths=(), dilation_rates=())
+
+
+def test_bad_tensors_give_clear_errors():
+    q = torch.randn(1, 2, 8, 4)
+    ints = torch.ones(1, 2, 8, 4, dtype=torch.long)
+    for name, args in (("q", (ints, q, q)), ("k", (q, ints, q)), ("v", (q, q, ints))):
+        with pytest.raises(ValueError, match=f"{name} must be a floating tensor"):
+            dilated_attention(*args, (8,), (2,))
+    empty = torch.randn(1, 2, 0, 4)
+    with pytest.raises(ValueError, match=r"empty \(n = 0\)"):
+        dilated_attention(empty, empty, empty, (8,), (2,))
+    with pytest.raises(ValueError, match="tokens is an empty sequence"):
+        LongNetTransformer(10, 16, 1, dim_head=4, heads=4)(torch.zeros(1, 0).long())
 
 
 def test_benchmark_runs_at_toy_size(tmp_path):
@@ -238,3 +319,20 @@ def test_benchmark_runs_at_toy_size(tmp_path):
     }  # fmt: skip
     assert data["results"]["config"]["segment_lengths"] == [8, 16]
     assert all(r["min_s"] > 0 for r in rows)
+
+
+def test_lm_grid_runs_at_toy_size(tmp_path):
+    from benchmarks import dilated_lm
+    from minimodels import experiments
+
+    out = tmp_path / "dilated_lm.json"
+    rows = dilated_lm.main(
+        ["--seeds", "0", "--lrs", "3e-3", "--steps", "2", "--dim", "16",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert experiments.load(out)["rows"] == rows
+    (row,) = rows
+    assert row["seed"] == 0 and row["steps"] == 2
+    assert 4 < row["val_bits"] < 9 and 4 < row["test_bits"] < 9
+    val, test = dilated_lm.held_out().values()
+    assert val[0].numel() >= 1000 and test[0].numel() >= 1000

@@ -61,19 +61,21 @@ def test_parallel_equals_single_process(world):
 
 
 def test_communication_volume_is_independent_of_n():
-    # Weak scaling: 4096 tokens per rank, branches w = 2048 * 2^k, r = 2^k up to N.
-    volumes = []
+    # Weak scaling: 4096 tokens per rank, branches w = 2048 * 2^k, r = 2^k up to N,
+    # and as many heads as the largest rate (each head one residue per branch).
+    per_head = []
     for world in (2, 8, 32, 128):
         n = 4096 * world
-        ks = range(n.bit_length() - 11)
-        branches = [(2048 * 2**k, 2**k) for k in ks]
+        branches = [(2048 * 2**k, 2**k) for k in range(n.bit_length() - 11)]
         check_parallel_layout(n, world, branches)
-        volumes.append(communication_volume(n, world, branches, heads=1, dim_head=1))
-    # at most 2 * 2048 rows (keys and values) per branch that crosses ranks
-    assert all(
-        v <= 2 * 2048 * len(range((4096 * 128).bit_length() - 11)) for v in volumes
-    )
-    assert volumes[-1] > 0
+        heads = branches[-1][1]
+        volume = communication_volume(n, world, branches, heads=heads, dim_head=1)
+        per_head.append(volume / heads)
+        # below 2 * 2048 rows (keys and values) per head and crossing branch
+        assert 0 < per_head[-1] < 2 * 2048 * len(branches)
+        # one head must take every residue itself: the dense (w - L) rows
+        one = communication_volume(n, world, branches, heads=1, dim_head=1)
+        assert one == sum(2 * (min(w, n) - 4096) for w, _ in branches if w > 4096)
 
 
 def test_bad_layout_gives_clear_errors():

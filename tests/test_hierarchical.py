@@ -334,3 +334,21 @@ def test_benchmark_runs_at_toy_size(tmp_path) -> None:
     train_rows = [r for r in rows if r["mode"] == "train step"]
     assert all(r["activation_bytes"] > 0 for r in train_rows)
     assert data["environment"]["device_type"] == "cpu"
+
+
+def test_trained_results_benchmark_runs_at_toy_size(tmp_path) -> None:
+    from benchmarks import hierarchical_lm
+    from minimodels import experiments
+    from minimodels.lm import count_parameters
+
+    out = tmp_path / "hierarchical_lm.json"
+    argv = ["--contenders", "hourglass shifted", "(1, 2, 8)", "--seeds", "0"]
+    rows = hierarchical_lm.main(
+        [*argv, "--lrs", "3e-3", "--steps", "2", "--out", str(out)]
+    )
+    assert experiments.load(out)["rows"] == rows
+    assert [r["contender"] for r in rows] == ["hourglass shifted", "(1, 2, 8)"]
+    for r in rows:  # two steps from a uniform start: near log2(256) = 8 bits
+        assert 4 < r["val_bits"] < 9 and 4 < r["test_bits"] < 9
+    flat = count_parameters(hierarchical_lm.build("1 level", 0))
+    assert abs(rows[1]["parameters"] / flat - 1) < 0.03
