@@ -31,3 +31,23 @@ def test_import_is_cheap_and_needs_no_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == minimodels.__version__
+
+
+def test_kernels_without_triton_say_how_to_install_it():
+    code = (
+        "import sys, importlib.util\n"
+        "real = importlib.util.find_spec\n"
+        "def find(name, *args):\n"
+        "    return None if name == 'triton' else real(name, *args)\n"
+        "importlib.util.find_spec = find\n"
+        "sys.modules['triton'] = None\n"
+        "import minimodels, minimodels.attention\n"
+        "try:\n"
+        "    import minimodels.kernels\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "minimodels[triton]"' in done.stdout
+    assert "Linux" in done.stdout

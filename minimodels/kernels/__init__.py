@@ -1,6 +1,17 @@
 """Triton kernels: ``minimodels.kernels`` (the folder ``kernels/`` at the top of
 the repository is a link to this one).
 
-Importing this package does not import Triton; each kernel module does, so that
-``import minimodels`` works where Triton is not installed.
+They need Triton, which ships Linux wheels only: ``pip install
+"minimodels[triton]"`` on Linux. Without it this package says so when imported,
+and everything else in ``minimodels`` works as usual (``import minimodels``
+never imports this package).
 """
+
+import importlib.util
+
+if importlib.util.find_spec("triton") is None:
+    raise ImportError(
+        "minimodels.kernels needs Triton, which is not installed: "
+        'pip install "minimodels[triton]" (Triton ships Linux wheels only; on '
+        "macOS and Windows the PyTorch versions in minimodels.attention run instead)"
+    )
