@@ -340,3 +340,23 @@ def test_recall_grid_runs_at_toy_size(tmp_path):
     assert live["test_acc"] == stored_row["test_acc"]
     with pytest.raises(ValueError, match="contender"):
         bench_hyena.recall_cell({**rows[0], "contender": "rwkv"})
+
+
+def test_filter_grid_compares_equal_filter_parameters():
+    from benchmarks import hyena as bench_hyena
+
+    cells = bench_hyena.recall_cells(contenders=bench_hyena.FILTER_CONTENDERS)
+    assert {c["contender"] for c in cells} == {"hyena-small", "hyena-explicit"}
+    assert len(cells) == 2 * len(bench_hyena.RECALL_LRS) * 3
+    counts = {}
+    for name in bench_hyena.FILTER_CONTENDERS:
+        op = bench_hyena.recall_mixer(name, 33, 1e-3)(bench_hyena.RECALL_DIM)
+        counts[name] = sum(
+            p.numel() for p in op.filter_fn.parameters() if p.requires_grad
+        )
+    assert counts["hyena-explicit"] == 2 * 64 * 33
+    assert abs(counts["hyena-small"] - counts["hyena-explicit"]) < 0.01 * 4224
+    toy = {**cells[0], "steps": 2, "questions": 20, "dim": 16}
+    for name in bench_hyena.FILTER_CONTENDERS:
+        metrics = bench_hyena.recall_cell({**toy, "contender": name})
+        assert 0 <= metrics["test_acc"] <= 1
