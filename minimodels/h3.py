@@ -242,8 +242,8 @@ class H3(nn.Module):
     def _check_input(self, x: Tensor, layout: str) -> None:
         check_ndim("x", x, len(layout.split()), layout)
         check(x.shape[-1] == self.dim, f"x must have {self.dim} channels")
+        _check_real("H3's parameters", self.ssm.D)  # e.g. after .half()
         _check_real("x", x)
-        _check_real("H3's parameters", self.ssm.D)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         self._check_input(x, "b n c")
