@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_ndim, check_positive
 from minimodels.conv import ShortConv, conv_toeplitz, fft_conv, toeplitz
+from minimodels.optim import set_optim
 
 __all__ = [
     "FILTERS",
@@ -127,11 +128,6 @@ class HyenaConfig:
         check(0 < self.target < 1, f"target must be in (0, 1), got {self.target}")
 
 
-def _set_optim(module: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
-    for p in module.parameters():
-        p._optim = {"lr": lr, "weight_decay": weight_decay}  # type: ignore[attr-defined]
-
-
 # --- the implicit filter, eq. (3) ----------------------------------------------------
 
 
@@ -162,7 +158,7 @@ class PositionalEmbedding(nn.Module):
         z = torch.cat([t, torch.cos(f * w), -torch.sin(f * w)], dim=-1)  # (l e)
         if lr > 0:
             self.z = nn.Parameter(z)
-            _set_optim(self, lr)
+            set_optim(self, lr=lr)
         else:
             self.register_buffer("z", z)
         self.register_buffer("t", t)
@@ -212,7 +208,7 @@ class HyenaFilter(nn.Module):
             layers += [nn.Linear(f, f), act]
         layers.append(nn.Linear(f, c, bias=False))
         self.mlp = nn.Sequential(*layers)
-        _set_optim(self.mlp, config.filter_lr)
+        set_optim(self.mlp, lr=config.filter_lr)
         self.window = ExponentialModulation(
             c,
             fast_decay_pct=config.fast_decay_pct,

@@ -18,6 +18,7 @@ from minimodels.hyena import (
     hyena_recurrence,
 )
 from minimodels.lm import LM, mixer_factory
+from minimodels.optim import optim_settings
 from minimodels.testing import assert_causal, assert_same
 
 
@@ -192,10 +193,13 @@ def test_safari_order_n_is_ours_with_an_identity_first_filter(order):
 
 def test_parameter_groups_follow_safari():
     op = HyenaOperator(8, max_len=16, filter_lr=2e-3, pos_emb_lr=0.0)
-    assert all(p._optim["lr"] == 2e-3 for p in op.filter_fn.mlp.parameters())
+    settings = optim_settings(op)
+    for p in op.filter_fn.mlp.parameters():
+        assert settings[id(p)] == {"lr": 2e-3, "weight_decay": 0.0}
     assert "z" in dict(op.filter_fn.pos_emb.named_buffers())
     op = HyenaOperator(8, max_len=16)
-    assert op.filter_fn.pos_emb.z._optim == {"lr": 1e-5, "weight_decay": 0.0}
+    z = op.filter_fn.pos_emb.z
+    assert optim_settings(op)[id(z)] == {"lr": 1e-5, "weight_decay": 0.0}
 
 
 def test_constructor_defaults_match_config():
