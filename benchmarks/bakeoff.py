@@ -62,8 +62,8 @@ def cells(args: argparse.Namespace, lrs: dict[str, Sequence[float]], seeds) -> l
               "seq_len": args.seq_len}  # fmt: skip
     return [
         {"contender": name, **recipe, "lr": lr, "seed": seed}
-        for name in args.contenders
-        for lr in lrs[name]
+        for name, rates in lrs.items()
+        for lr in rates
         for seed in seeds
     ]
 
