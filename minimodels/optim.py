@@ -77,7 +77,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        settings = declared.get(id(p), getattr(p, "_optim", None))
+        settings = declared.get(id(p))
         if settings is not None:
             special.setdefault(tuple(sorted(settings.items())), []).append(p)
         else:

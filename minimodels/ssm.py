@@ -29,7 +29,8 @@ Initializations, A_n = -1/2 + i·ω_n (n = 0 .. N/2 - 1)::
 
 log Δ ~ U[log Δ_min, log Δ_max], B = 1, C ~ CN(0, 1), D ~ N(0, 1). Re A stays
 negative (A = -exp(log_A_real) + i A_imag). A, B and Δ train at lr 1e-3 with no
-weight decay (their ``_optim`` attribute, honoured by ``minimodels.train``).
+weight decay (declared with ``minimodels.optim.set_optim``, honoured by
+``minimodels.train``).
 
 Shapes: b batch, n sequence, d channels (model dim), s stored modes (N/2), l lag.
 """
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from minimodels._util import check, check_ndim, check_positive
 from minimodels.conv import fft_conv
+from minimodels.optim import param_groups, set_optim
 
 __all__ = [
     "discretize_zoh",
@@ -217,7 +219,6 @@ class S4D(nn.Module):
         self.d_model, self.d_state, self.init = d_model, d_state, init
         self.discretization, self.bidirectional = discretization, bidirectional
         lo, hi = math.log(dt_min), math.log(dt_max)
-        optim = {"lr": lr, "weight_decay": 0.0}
         channels = 2 if bidirectional else 1
         s = d_state // 2
         C = torch.randn(channels, d_model, s, dtype=torch.cfloat)
@@ -229,8 +230,7 @@ class S4D(nn.Module):
         self.B = nn.Parameter(torch.view_as_real(torch.ones(d_model, s, dtype=C.dtype)))
         self.C = nn.Parameter(torch.view_as_real(C))  # (c d s 2), c = 1 or 2
         self.D = nn.Parameter(torch.randn(d_model))
-        for p in (self.log_dt, self.log_A_real, self.A_imag, self.B):
-            p._optim = dict(optim)  # type: ignore[attr-defined]
+        set_optim(self, ["log_dt", "log_A_real", "A_imag", "B"], lr=lr)
 
     # --- the parameters in the paper's notation -------------------------------
     def _check_dtype(self) -> None:
@@ -355,11 +355,9 @@ class S4DMixer(nn.Module):
 
 
 def ssm_param_groups(model: nn.Module, *, weight_decay: float = 0.0) -> list[dict]:
-    """AdamW parameter groups: the SSM's A, B, Δ at their ``_optim`` settings (lr
-    1e-3, no weight decay), other matrices decayed, vectors not. The same rule as
-    ``minimodels.train.param_groups``, which the trainer uses."""
-    from minimodels.train import param_groups
-
+    """AdamW parameter groups: the SSM's A, B, Δ at their declared settings (lr
+    1e-3, no weight decay), other matrices decayed, vectors not: the groups
+    ``minimodels.optim.param_groups`` makes, which the trainer uses."""
     return param_groups(model, weight_decay)
 
 

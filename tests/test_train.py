@@ -144,3 +144,41 @@ def test_tensor_validation_sets_are_scored_whole():
     assert history.val_acc[-1] * 1000 == pytest.approx(
         round(history.val_acc[-1] * 1000)
     )
+
+
+def _book_models() -> dict[str, nn.Module]:
+    from minimodels.h3 import H3
+    from minimodels.hyena import HyenaOperator
+    from minimodels.ssm import S4D
+
+    torch.manual_seed(0)
+    return {
+        "s4d": S4D(8, d_state=8),
+        "h3": H3(16, d_state=8, head_dim=8),
+        "hyena": HyenaOperator(8, max_len=16),
+    }
+
+
+@pytest.mark.parametrize("name", ["s4d", "h3", "hyena"])
+def test_the_book_models_keep_their_settings_through_copies(name):
+    model = _book_models()[name]
+    groups = _groups_by_size(model)
+    assert any("lr" in g for g in groups.values()), "no declared settings"
+    fresh = _book_models()[name]
+    fresh.load_state_dict(model.state_dict())
+    for copy_model in (copy.deepcopy, lambda m: m.to("meta").to_empty(device="cpu")):
+        assert _groups_by_size(copy_model(model)) == groups
+    assert _groups_by_size(fresh) == groups
+
+
+def test_s4d_trains_a_b_and_delta_at_1e_3_without_decay():
+    from minimodels.ssm import S4D
+
+    s4d = S4D(4, d_state=8)
+    groups = param_groups(s4d, 0.1)
+    special = next(g for g in groups if "lr" in g)
+    names = {
+        n for n, p in s4d.named_parameters() if any(p is q for q in special["params"])
+    }
+    assert names == {"log_dt", "log_A_real", "A_imag", "B"}
+    assert (special["lr"], special["weight_decay"]) == (1e-3, 0.0)
