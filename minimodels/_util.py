@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,6 +26,14 @@ def check_positive(**values: int | float) -> None:
     """Check that every named value is > 0, naming the first one that is not."""
     for name, value in values.items():
         check(value > 0, f"{name} must be positive, got {value!r}")
+
+
+def check_int(**values: object) -> None:
+    """Each value must be an integer (Python's or numpy's), not a float or a bool;
+    names the first that is not."""
+    for name, value in values.items():
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        check(ok, f"{name} must be an integer, got {value!r}")
 
 
 def check_divides(divisor_name: str, divisor: int, name: str, value: int) -> None:

@@ -42,7 +42,6 @@ k branch, v vocabulary.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +49,14 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
-from minimodels._util import check, check_divides, check_ndim, check_positive, default
+from minimodels._util import (
+    check,
+    check_divides,
+    check_int,
+    check_ndim,
+    check_positive,
+    default,
+)
 from minimodels.attention import RotaryEmbedding
 from minimodels.lm import init_embedding
 
@@ -80,21 +86,14 @@ __all__ = [
 Branch = tuple[int, int]  # (segment length w, dilation r)
 
 
-def _check_int(**values: object) -> None:
-    """Each value must be a Python (or numpy) integer, not a float or a bool."""
-    for name, value in values.items():
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        check(ok, f"{name} must be an integer, got {value!r}")
-
-
 def check_branches(branches: Sequence[Branch], heads: int = 1) -> None:
     """Validate (w, r) pairs: positive integers, r divides w. Any number of heads
     covers every position (``head_slots``), so ``heads`` is only checked > 0."""
     check(len(branches) > 0, "segment_lengths must name at least one branch")
-    _check_int(heads=heads)
+    check_int(heads=heads)
     check_positive(heads=heads)
     for w, r in branches:
-        _check_int(segment_length=w, dilation_rate=r)
+        check_int(segment_length=w, dilation_rate=r)
         check_positive(segment_length=w, dilation_rate=r)
         check_divides("dilation_rate", r, "segment_length", w)
 
@@ -289,7 +288,7 @@ def _branches(
     )
     branches = list(zip(segment_lengths, dilation_rates))
     for w, r in branches:
-        _check_int(segment_length=w, dilation_rate=r)
+        check_int(segment_length=w, dilation_rate=r)
     return [(int(w), int(r)) for w, r in branches]
 
 
@@ -402,7 +401,7 @@ class DilatedAttention(nn.Module):
         dedupe: bool = False,
     ) -> None:
         super().__init__()
-        _check_int(dim=dim, heads=heads)
+        check_int(dim=dim, heads=heads)
         check_positive(dim=dim, heads=heads)
         check(
             (segment_lengths is None) == (dilation_rates is None),
@@ -501,7 +500,7 @@ class LongNetTransformer(nn.Module):
         causal: bool = True,
     ) -> None:
         super().__init__()
-        _check_int(num_tokens=num_tokens, dim=dim, depth=depth)
+        check_int(num_tokens=num_tokens, dim=dim, depth=depth)
         check_positive(num_tokens=num_tokens, dim=dim, depth=depth)
         self.embed = nn.Embedding(num_tokens, dim)
         attn = dict(

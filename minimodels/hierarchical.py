@@ -31,7 +31,6 @@ s stride, g groups (k / s), h heads, d head dim, w window, v vocabulary.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
@@ -39,7 +38,13 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from minimodels._util import check, check_divides, check_ndim, check_positive
+from minimodels._util import (
+    check,
+    check_divides,
+    check_int,
+    check_ndim,
+    check_positive,
+)
 from minimodels.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
@@ -62,13 +67,6 @@ __all__ = [
     "HierarchicalMerge",
     "HierarchicalTransformer",
 ]
-
-
-def _check_int(**values: Any) -> None:
-    """Each value must be an integer (not a float, not a bool): names the first."""
-    for name, value in values.items():
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        check(ok, f"{name} must be an integer, got {value!r}")
 
 
 def _check_ids(ids: Tensor) -> None:
@@ -141,10 +139,10 @@ class LocalAttention(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
-        _check_int(dim=dim, heads=heads, dim_head=dim_head)
+        check_int(dim=dim, heads=heads, dim_head=dim_head)
         check_positive(dim=dim, heads=heads, dim_head=dim_head)
         if window is not None:
-            _check_int(window=window)
+            check_int(window=window)
             check(window > 0, f"window must be > 0, got {window}")
         self.heads, self.window, self.fast = heads, window, fast
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
@@ -172,7 +170,7 @@ class Shorten(nn.Module):
 
     def __init__(self, dim: int, factor: int, *, shift: bool = True) -> None:
         super().__init__()
-        _check_int(dim=dim, factor=factor)
+        check_int(dim=dim, factor=factor)
         check_positive(dim=dim, factor=factor)
         self.factor, self.shift = factor, shift
         self.proj = nn.Linear(factor * dim, dim)
@@ -202,10 +200,10 @@ class Hourglass(nn.Module):
         shift: bool = True,
     ) -> None:
         super().__init__()
-        _check_int(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
+        check_int(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check_positive(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
-        _check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
+        check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
         self.factor = factor
 
         def blocks(count: int) -> nn.ModuleList:
@@ -357,11 +355,11 @@ class HierarchicalTransformer(nn.Module):
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
-        _check_int(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
+        check_int(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
         check_positive(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
         ks = hierarchies if isinstance(hierarchies, (tuple, list)) else (hierarchies,)
         ks, L = tuple(ks), len(ks)
-        _check_int(**{f"hierarchies[{i}]": k for i, k in enumerate(ks)})
+        check_int(**{f"hierarchies[{i}]": k for i, k in enumerate(ks)})
         check(L > 0 and all(k > 0 for k in ks), f"hierarchies must be > 0: {ks}")
         check(len(set(ks)) == L, f"hierarchies must be distinct, got {ks}")
         dims, dim_heads, headss, ffs, windows, strides = (
@@ -376,10 +374,10 @@ class HierarchicalTransformer(nn.Module):
             )
         )
         for i, k in enumerate(ks):
-            _check_int(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
-            _check_int(ff_mult=ffs[i], hierarchical_stride=strides[i])
+            check_int(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
+            check_int(ff_mult=ffs[i], hierarchical_stride=strides[i])
             if windows[i] is not None:
-                _check_int(window_sizes=windows[i])
+                check_int(window_sizes=windows[i])
             check_positive(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
             check_positive(ff_mult=ffs[i], hierarchical_stride=strides[i])
             check_divides("hierarchical_stride", strides[i], f"hierarchy {k}", k)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minimodels._util import check, default
+from minimodels._util import check, check_int, default
 from minimodels.data import IGNORE
 from minimodels.optim import param_groups
 
@@ -85,10 +85,8 @@ class TrainConfig:
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        f"{name} must be an integer >= {minimum}, got {value!r}",
-    )
+    check_int(**{name: value})
+    check(value >= minimum, f"{name} must be >= {minimum}, got {value!r}")  # type: ignore[operator]
 
 
 def _check_real(name: str, value: object) -> None:
