@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=positive_int, default=1,
                      help="seeds SEED .. SEED+K-1; report mean/min/max")  # fmt: skip
     run.add_argument("--device", type=device_name, default="cpu")
+    run.add_argument("--threads", type=positive_int, default=1,
+                     help="CPU threads (1: fastest for small models)")  # fmt: skip
     run.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     speed = commands.add_parser("speed", help="time forward + backward vs length")
     speed.add_argument("contender", choices=names)
@@ -184,6 +186,7 @@ def _other_row(args: argparse.Namespace, seed: int) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     args.seq_len = args.seq_len or DEFAULT_LEN[args.task]
     one = _recall_row if args.task == "recall" else _other_row
     rows = [one(args, seed) for seed in range(args.seed, args.seed + args.seeds)]

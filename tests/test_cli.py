@@ -21,6 +21,7 @@ def test_list_names_every_manifest_chapter_and_its_experiment(capsys):
 def test_run_defaults_are_the_books_recall_recipe():
     args = _parser().parse_args(["run", "attention"])
     assert args.task == "recall" and args.device == "cpu" and args.lr is None
+    assert args.threads == 1
     assert (args.steps, args.batch_size, args.params) == (
         bakeoff.RECIPE["steps"], bakeoff.RECIPE["batch_size"],
         bakeoff.RECIPE["params"],
@@ -61,6 +62,7 @@ def test_run_other_tasks_and_writes_json(tmp_path, capsys):
         (["--seed", "-1"], "--seed: '-1' is not an integer >= 0"),
         (["--device", "meta"], "device must be cpu or cuda"),
         (["--device", "gpu0"], "'gpu0' is not a device"),
+        (["--threads", "0"], "--threads: '0' is not a positive integer"),
     ],
 )
 def test_bad_values_are_refused_by_name(bad, message, capsys):
