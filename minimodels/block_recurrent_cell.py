@@ -10,7 +10,7 @@ Recurrent layers also keep S state vectors c_t (b s c), carried from block to bl
     horizontal (states):  h = W_h [SelfAttn(c_t + ids, c_t + ids) ; CrossAttn(c_t, x_t)]
                           c' = Gate(c_t, h)                              ("skip" cell)
                           c_{t+1} = Gate2(c', MLP(LN(c')))   (``state_mlp``, "dual")
-    fixed gate:           Gate(c, h) = c * g + z * (1 - g),  z = W_z h + b_z, g = σ(b_g)
+    fixed gate:           Gate(c, h) = c g + z (1 - g),  z = W_z h + b_z, g = σ(b_g)
     LSTM gate:            i = σ(W_i h + b_i - 1),  f = σ(W_f h + b_f + 1)
                           Gate(c, h) = c * f + tanh(W_z h + b_z) * i
 
