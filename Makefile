@@ -49,10 +49,12 @@ notebooks: config
 	$(BIN)/jupytext --sync --quiet $(CHAPTERS)
 
 unit: notebooks
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2
 
+# two chapters at a time (each runs on one thread); a chapter's cells stay in order
+# on one worker (--dist loadfile)
 NBVAL = TRITON_INTERPRET=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=300 \
-	$(NOTEBOOKS) -q
+	-n 2 --dist loadfile $(NOTEBOOKS) -q
 
 nbval: notebooks
 	$(NBVAL)

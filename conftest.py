@@ -14,7 +14,6 @@ busy one the same chapter takes two or three times as long).
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MINIMODELS_JUPYTER_CACHE", ROOT / "_build/.jupyter_cache"))
 TIMES = ROOT / "_build" / "chapter_times.txt"
+# under pytest-xdist (chapters run two at a time on 2 cores) the workers execute
+# and cache the chapters; the controller, which sees every report, writes the table
+WORKER = "PYTEST_XDIST_WORKER" in os.environ
 
 _failed: set[str] = set()
 _seconds: dict[str, float] = defaultdict(float)
@@ -34,17 +36,12 @@ def _chapter(item: pytest.Item) -> str | None:
     return path.stem if path.suffix == ".ipynb" else None
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item):
-    start = time.perf_counter()
-    yield
-    if (stem := _chapter(item)) is not None:
-        _seconds[stem] += time.perf_counter() - start
-
-
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::")[0]
     if report.failed:
-        _failed.add(report.nodeid.split("::")[0])
+        _failed.add(path)
+    if path.endswith(".ipynb") and report.when == "call":
+        _seconds[Path(path).stem] += report.duration
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,17 +81,18 @@ def _cache_chapter(stem: str, items: list) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _cells:
-        return
-    budgets = _budgets()
-    over = []
     for stem, items in _cells.items():
         nodeid = items[0].nodeid.split("::")[0]
         if nodeid not in _failed and all(hasattr(i, "test_outputs") for i in items):
             _cache_chapter(stem, items)
-        budget = budgets.get(stem)
-        if budget is not None and _seconds[stem] > budget:
-            over.append(f"{stem}: {_seconds[stem]:.0f} s > budget {budget} s")
+    if WORKER or not _seconds:
+        return
+    budgets = _budgets()
+    over = [
+        f"{stem}: {seconds:.0f} s > budget {budgets[stem]} s"
+        for stem, seconds in _seconds.items()
+        if stem in budgets and seconds > budgets[stem]
+    ]
     enforce = os.environ.get("MINIMODELS_ENFORCE_BUDGETS") == "1"
     lines = [f"{'chapter':40s} {'seconds':>8s}  budget"]
     lines += [
