@@ -15,10 +15,12 @@ it. ``speed`` times a forward + backward pass. Both can write JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -31,30 +33,18 @@ DEFAULT_LEN = {"recall": bakeoff.RECIPE["seq_len"], "induction": 64, "bytes": 12
 OTHER_TASKS_LR = 3e-3  # induction and bytes: not tuned by the bake-off
 
 
-def _manifest() -> dict | None:
-    """book.toml, when this package runs from a checkout of the book."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            return None
-    path = Path(__file__).resolve().parent.parent / "book.toml"
-    return tomllib.loads(path.read_text()) if path.exists() else None
+def chapters() -> list[dict]:
+    """The book's chapter table, shipped with the package (``minimodels/book.json``,
+    generated from book.toml): the same from a checkout and from a wheel."""
+    text = resources.files("minimodels").joinpath("book.json").read_text()
+    return json.loads(text)["chapters"]
 
 
 def list_chapters() -> str:
     contenders = {chapter: name for name, (chapter, _) in bakeoff.CONTENDERS.items()}
     lines = []
-    manifest = _manifest()
-    if manifest is None:
-        lines.append("(book.toml not found: showing the library's contenders only)")
-        for chapter, name in sorted(contenders.items()):
-            lines.append(f"{chapter:2d}  run {name}")
-        return "\n".join(lines)
-    for entry in manifest["chapters"]:
-        chapter = int(Path(entry["file"]).name.split("-")[0])
+    for entry in chapters():
+        chapter = entry["number"]
         run = f"run {contenders[chapter]}" if chapter in contenders else ""
         title, module = entry["title"], entry["module"]
         lines.append(f"{chapter:2d}  {title:32s} {module:30s} {run}".rstrip())

@@ -51,3 +51,40 @@ def test_kernels_without_triton_say_how_to_install_it():
     assert done.returncode == 0, done.stderr
     assert 'pip install "minimodels[triton]"' in done.stdout
     assert "Linux" in done.stdout
+
+
+def test_a_wheel_lists_the_chapters_far_from_the_checkout(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+         str(tmp_path / "dist"), str(root)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("minimodels-*.whl")
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+         str(target), str(wheel)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    assert (target / "minimodels" / "kernels" / "flash.py").exists()
+    assert (target / "minimodels" / "py.typed").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(
+        [sys.executable, "-c",
+         "import minimodels, runpy, sys; print(minimodels.__file__, file=sys.stderr);"
+         "sys.argv = ['minimodels', 'list']; runpy.run_module('minimodels', "
+         "run_name='__main__')"],
+        capture_output=True, text=True, cwd=elsewhere, env=env,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert str(target) in listed.stderr  # the wheel's copy, not the checkout's
+    assert "The quadratic wall" in listed.stdout
+    assert "The bake-off" in listed.stdout
+    assert "book.toml not found" not in listed.stdout + listed.stderr
