@@ -195,3 +195,14 @@ def test_the_generated_files_are_committed_and_up_to_date():
             cwd=path.parent, capture_output=True,
         )  # fmt: skip
         assert tracked.returncode == 0, f"{path.name} is not committed"
+
+
+def test_pre_commit_runs_the_same_lint_as_make_lint():
+    import yaml
+
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    (hook,) = [h for repo in config["repos"] for h in repo["hooks"]]
+    assert hook["entry"] == "make lint" and hook["pass_filenames"] is False
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check ." in lint and "ruff format --check ." in lint
