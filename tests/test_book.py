@@ -206,3 +206,11 @@ def test_pre_commit_runs_the_same_lint_as_make_lint():
     makefile = (ROOT / "Makefile").read_text()
     lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
     assert "ruff check ." in lint and "ruff format --check ." in lint
+
+
+def test_bibliography_keys_and_ids_are_unique():
+    bib = (ROOT / MANIFEST["book"]["bibliography"]).read_text()
+    keys = re.findall(r"^@\w+\{([^,]+),", bib, re.M)
+    ids = re.findall(r"eprint = \{([^}]+)\}", bib)
+    assert len(keys) == len(set(keys)), "a repeated entry breaks the build"
+    assert len(ids) == len(set(ids)), "two entries for one paper"
