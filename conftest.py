@@ -29,6 +29,7 @@ WORKER = "PYTEST_XDIST_WORKER" in os.environ
 _failed: set[str] = set()
 _seconds: dict[str, float] = defaultdict(float)
 _cells: dict[str, list] = defaultdict(list)
+_seen: set[str] = set()  # the cells this process ran (an xdist worker runs some)
 
 
 def _chapter(item: pytest.Item) -> str | None:
@@ -38,6 +39,7 @@ def _chapter(item: pytest.Item) -> str | None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     path = report.nodeid.split("::")[0]
+    _seen.add(report.nodeid)
     if report.failed:
         _failed.add(path)
     if path.endswith(".ipynb") and report.when == "call":
@@ -83,7 +85,10 @@ def _cache_chapter(stem: str, items: list) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for stem, items in _cells.items():
         nodeid = items[0].nodeid.split("::")[0]
-        if nodeid not in _failed and all(hasattr(i, "test_outputs") for i in items):
+        # every worker collects every chapter but runs only its own: cache a
+        # chapter only where all of its cells ran, and passed
+        ran = all(i.nodeid in _seen and hasattr(i, "test_outputs") for i in items)
+        if ran and nodeid not in _failed:
             _cache_chapter(stem, items)
     if WORKER or not _seconds:
         return

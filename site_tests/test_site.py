@@ -135,6 +135,17 @@ def test_chapter_pages_show_figures():
     assert re.search(r'<img[^>]+src="[^"]+\.png"', dom), "chapter 0 shows no figure"
 
 
+@pytest.mark.parametrize("chapter", _manifest()["chapters"], ids=lambda c: c["file"])
+def test_every_plotting_chapter_shows_its_plots(chapter):
+    """A chapter that draws with matplotlib shows the drawings: the executions
+    the build reused kept their outputs."""
+    source = (ROOT / chapter["file"]).read_text()
+    if "plt.show()" not in source:
+        pytest.skip("draws nothing")
+    page = (HTML / Path(chapter["file"]).with_suffix(".html")).read_text()
+    assert re.search(r'<img[^>]+src="[^"]+\.png"', page), "no plot on the page"
+
+
 def test_api_index_documents_every_chapter_module():
     dom, _ = _open(HTML / "api.html")
     for chapter in _manifest()["chapters"]:
