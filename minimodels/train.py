@@ -143,20 +143,6 @@ def _draw(data: Data, batch_size: int, g: torch.Generator) -> Batch:
     return x[idx], y[idx]
 
 
-def _loss_and_correct(
-    model: nn.Module, x: Tensor, y: Tensor
-) -> tuple[Tensor, int, int]:
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    logits = model(x)
-    loss = F.cross_entropy(
-        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE
-    )
-    seen = y != IGNORE
-    correct = (logits.argmax(-1) == y)[seen].sum().item()
-    return loss, int(correct), int(seen.sum().item())
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -179,12 +165,10 @@ def evaluate(
         chunks = chunks if batches is None else chunks[:batches]
     total_loss, correct, count = 0.0, 0, 0
     for x, y in chunks:
-        loss, c, n = _loss_and_correct(model, x, y)
-        total_loss, correct, count = (
-            total_loss + loss.item() * n,
-            correct + c,
-            count + n,
-        )
+        loss, n, c = _loss_sum(model, x, y)
+        total_loss += loss.item()
+        count += int(n.item())
+        correct += int(c.item())
     model.train(was_training)
     return total_loss / max(count, 1), correct / max(count, 1)
 
@@ -280,7 +264,7 @@ def train(
             group["lr"] = base * scale
         x, y = _draw(train_data, config.batch_size, g)  # the same on every rank
         x, y = x.chunk(world)[rank], y.chunk(world)[rank]  # this rank's rows
-        loss_sum, count = _loss_sum(net, x, y)
+        loss_sum, count, _ = _loss_sum(net, x, y)
         totals = torch.stack((loss_sum.detach(), count)).to(device)
         if world > 1:
             dist.all_reduce(totals)
@@ -313,8 +297,9 @@ def train(
     return history
 
 
-def _loss_sum(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy over the targets that are not -100, and their count."""
+def _loss_sum(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed cross-entropy over the targets that are not -100, their count, and
+    how many of them the argmax gets right."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     logits = model(x)
@@ -322,7 +307,9 @@ def _loss_sum(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE,
         reduction="sum",
     )  # fmt: skip
-    return loss, (y != IGNORE).sum().to(loss.dtype)
+    seen = y != IGNORE
+    correct = (logits.argmax(-1) == y)[seen].sum()
+    return loss, seen.sum().to(loss.dtype), correct
 
 
 def _evaluate_on_rank_0(
