@@ -34,6 +34,7 @@ from minimodels._util import check, check_ndim, check_positive
 
 __all__ = [
     "LM",
+    "Shell",
     "Block",
     "MLP",
     "MIXERS",
@@ -122,14 +123,66 @@ class Block(nn.Module):
         return self._mlp(x + y), state
 
 
-class LM(nn.Module):
-    """Token embedding -> ``depth`` blocks of (mixer, MLP) -> norm -> head.
+class Shell(nn.Module):
+    """What every whole model of the book shares around its blocks.
 
-    The head is untied from the embedding by default (as in x-transformers):
-    tied, the embedding has to serve both as the residual stream's input, where
-    it must be large, and as the output classifier, where large rows make large
-    initial logits; ``tie_weights=True`` ties them as GPT-2 does.
+    Token embedding (``init_embedding``) -> the subclass's blocks -> norm -> head,
+    and one loss protocol: ``model(ids) -> logits (b n v)`` and
+    ``model.loss(ids, targets)``, the cross-entropy over positions whose target
+    is not ``ignore_index``. ``out_dim`` is the width the head reads when it
+    differs from the embedding's (a hierarchical model predicting from a
+    compressed level). The head is untied from the embedding by default (as in
+    x-transformers): tied, the embedding has to serve both as the residual
+    stream's input, where it must be large, and as the output classifier, where
+    large rows make large initial logits; ``tie_weights=True`` ties them as GPT-2
+    does (only when ``out_dim == dim``).
     """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        tie_weights: bool = False,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        check_positive(vocab_size=vocab_size, dim=dim)
+        out_dim = dim if out_dim is None else out_dim
+        check_positive(out_dim=out_dim)
+        check(
+            not tie_weights or out_dim == dim,
+            f"tie_weights needs out_dim == dim, got {out_dim} and {dim}",
+        )
+        self.vocab_size, self.ignore_index = vocab_size, ignore_index
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.norm = nn.LayerNorm(out_dim)
+        self.head = nn.Linear(out_dim, vocab_size, bias=False)
+        init_embedding(self.embed)
+        if tie_weights:
+            self.head.weight = self.embed.weight
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The last hidden states (b n c) -> logits (b n v)."""
+        return self.head(self.norm(x))
+
+    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy of ``self(ids)`` against ``targets`` (b n), skipping
+        positions whose target is ``ignore_index``."""
+        check(
+            targets.shape == ids.shape,
+            f"targets must have the shape of ids {tuple(ids.shape)}, "
+            f"got {tuple(targets.shape)}",
+        )
+        logits = self(ids)
+        return F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=self.ignore_index
+        )
+
+
+class LM(Shell):
+    """Token embedding -> ``depth`` blocks of (mixer, MLP) -> norm -> head."""
 
     def __init__(
         self,
@@ -141,34 +194,20 @@ class LM(nn.Module):
         mlp_mult: int = 4,
         tie_weights: bool = False,
     ) -> None:
-        super().__init__()
         check_positive(vocab_size=vocab_size, dim=dim, depth=depth)
         check(mlp_mult >= 0, f"mlp_mult must be >= 0, got {mlp_mult}")
+        super().__init__(vocab_size, dim, tie_weights=tie_weights)
         make = mixer_factory(mixer) if isinstance(mixer, str) else mixer
-        self.vocab_size = vocab_size
-        self.embed = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(
             Block(dim, make(dim), mlp_mult) for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab_size, bias=False)
-        init_embedding(self.embed)
-        if tie_weights:
-            self.head.weight = self.embed.weight
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
         check_ndim("ids", ids, 2, "b n")
         x = self.embed(ids)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
-
-    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy over positions whose target is not -100."""
-        logits = self(ids)
-        return F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=-100
-        )
+        return self.logits(x)
 
     @property
     def recurrent(self) -> bool:
@@ -182,7 +221,7 @@ class LM(nn.Module):
         for block, state in zip(self.blocks, states):
             x, state = cast(Block, block).step(x, state)
             new_states.append(state)
-        return self.head(self.norm(x)), new_states
+        return self.logits(x), new_states
 
     def init_states(self, batch: int) -> list[Any]:
         return [cast(RecurrentMixer, b.mixer).init_state(batch) for b in self.blocks]
