@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -182,14 +182,19 @@ class Shell(nn.Module):
 
 
 class LM(Shell):
-    """Token embedding -> ``depth`` blocks of (mixer, MLP) -> norm -> head."""
+    """Token embedding -> ``depth`` blocks of (mixer, MLP) -> norm -> head.
+
+    ``mixer`` is one factory (or name) for every layer, or a sequence of
+    ``depth`` of them, one per layer: ``["h3", "attention", "h3", "h3"]`` is a
+    hybrid like the H3 paper's language model.
+    """
 
     def __init__(
         self,
         vocab_size: int,
         dim: int,
         depth: int,
-        mixer: MixerFactory | str = "attention",
+        mixer: MixerFactory | str | Sequence[MixerFactory | str] = "attention",
         *,
         mlp_mult: int = 4,
         tie_weights: bool = False,
@@ -197,10 +202,18 @@ class LM(Shell):
         check_positive(vocab_size=vocab_size, dim=dim, depth=depth)
         check(mlp_mult >= 0, f"mlp_mult must be >= 0, got {mlp_mult}")
         super().__init__(vocab_size, dim, tie_weights=tie_weights)
-        make = mixer_factory(mixer) if isinstance(mixer, str) else mixer
-        self.blocks = nn.ModuleList(
-            Block(dim, make(dim), mlp_mult) for _ in range(depth)
+        per_layer = (
+            [mixer] * depth
+            if isinstance(mixer, str) or callable(mixer)
+            else list(mixer)
         )
+        check(
+            len(per_layer) == depth,
+            f"mixer must be one factory or a sequence of depth ({depth}) of them, "
+            f"got {len(per_layer)}",
+        )
+        makes = [mixer_factory(m) if isinstance(m, str) else m for m in per_layer]
+        self.blocks = nn.ModuleList(Block(dim, make(dim), mlp_mult) for make in makes)
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
         check_ndim("ids", ids, 2, "b n")

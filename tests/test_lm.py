@@ -121,3 +121,12 @@ def test_attention_lm_learns_associative_recall(seed):
     _, acc = evaluate(model, test, batches=None)
     assert acc == history.final_acc  # the trainer scored all 1,000 questions
     assert acc >= 0.95, acc
+
+
+def test_lm_takes_one_mixer_per_layer():
+    model = LM(16, dim=16, depth=3, mixer=["s4d", "attention", "s4d"])
+    kinds = [type(b.mixer).__name__ for b in model.blocks]
+    assert kinds == ["S4DMixer", "MultiHeadAttention", "S4DMixer"]
+    assert model(torch.randint(0, 16, (2, 8))).shape == (2, 8, 16)
+    with pytest.raises(ValueError, match="depth \\(3\\)"):
+        LM(16, dim=16, depth=3, mixer=["s4d", "attention"])
