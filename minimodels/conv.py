@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minimodels._util import check, check_ndim, check_positive
+from minimodels.optim import set_optim
 
 __all__ = [
     "toeplitz",
@@ -56,6 +57,7 @@ __all__ = [
     "monarch_factors",
     "fft_monarch",
     "fft_conv_monarch",
+    "MonarchConv",
     "ShortConv",
 ]
 
@@ -292,6 +294,68 @@ def fft_conv_monarch(
     h_f = fft_monarch(F.pad(h.to(compute), (0, m - h.shape[-1])), factors)
     y = fft_monarch((u_f * h_f).conj(), factors).conj().real[..., :n] / m
     return _skip(y, u.to(compute), D).to(u.dtype)
+
+
+# --- learning the factors ---------------------------------------------------------
+
+
+class MonarchConv(nn.Module):
+    """``fft_conv`` whose filter reaches the frequency domain through a learned
+    two-factor Monarch matrix, initialised to the DFT (Dao et al., 2022).
+
+    The split of ``fft_monarch`` with its factors made free: M = P R L, where L
+    holds m2 blocks (m1 m1), one per column n2 of the (m1 m2) grid (the DFT has
+    F_{m1} in each), and R holds m1 blocks (m2 m2), one per row k1 (the DFT has
+    F_{m2} diag(W[k1]) in each: the twiddles fold into R). Complex entries are
+    stored as real pairs: 2 m (m1 + m2) real parameters, shared by all channels.
+
+    Causality: y = F^-1 (F u . M h) is causal for every M only if the lags it
+    puts on the circle's far half, n .. 2n-1 (the anti-causal ones), are zero.
+    So the layer maps the filter back, h' = Re(F^-1 M [h; 0])[:n], and runs
+    ``fft_conv(u, h', D)``: the signal's transforms stay the exact FFT, the
+    learned factors shape the filter, and the output before t never sees u_t.
+    At initialisation M = F and h' = h: the layer is ``fft_conv`` exactly.
+    """
+
+    def __init__(self, n: int, *, factors: Sequence[int] | None = None) -> None:
+        super().__init__()
+        check_positive(n=n)
+        m = 2 * n
+        split = tuple(factors) if factors is not None else monarch_factors(m)
+        m1, m2 = (1, m) if len(split) == 1 else split  # (m,): one dense block
+        check(len(split) <= 2, f"MonarchConv takes two factors, got {split}")
+        check(m1 * m2 == m, f"factors ({m1}, {m2}) must multiply to 2n = {m}")
+        self.n, self.m1, self.m2 = n, m1, m2
+        F1 = dft_matrix(m1, dtype=torch.complex128)
+        R = (
+            dft_matrix(m2, dtype=torch.complex128)
+            * twiddle_factors(m1, m2, dtype=torch.complex128)[:, None, :]
+        )  # R[k1] = F_{m2} diag(W[k1, :]): (m1 m2 m2)
+        L = F1.expand(m2, m1, m1)  # one F_{m1} per column n2: (m2 m1 m1)
+        self.L = nn.Parameter(torch.view_as_real(L.to(torch.complex64)).clone())
+        self.R = nn.Parameter(torch.view_as_real(R.to(torch.complex64)).clone())
+        set_optim(self, ["L", "R"], weight_decay=0.0)  # decay would shrink M to 0
+
+    def transform(self, x: Tensor) -> Tensor:
+        """M x for x (... m) complex: at initialisation ``fft_monarch(x)``."""
+        L, R = (torch.view_as_complex(p).to(x.dtype) for p in (self.L, self.R))
+        A = x.unflatten(-1, (self.m1, self.m2))  # A[n1, n2] = x[m2 n1 + n2]
+        B = torch.einsum("jkn,...nj->...kj", L, A)  # per column n2: (... m1 m2)
+        X = torch.einsum("kln,...kn->...kl", R, B)  # per row k1: X[k1, k2]
+        return X.transpose(-1, -2).flatten(-2)  # output index k1 + m1 k2
+
+    def filter(self, h: Tensor) -> Tensor:
+        """The causal filter h' = Re(F^-1 M [h; 0])[:n] that the layer applies."""
+        check(h.shape[-1] <= self.n, f"h longer than n = {self.n}")
+        m, compute = 2 * self.n, _compute_dtype(h)
+        x = F.pad(h.to(compute), (0, m - h.shape[-1])).to(_complex(compute))
+        return torch.fft.ifft(self.transform(x)).real[..., : self.n]
+
+    def forward(self, u: Tensor, h: Tensor, D: Tensor | None = None) -> Tensor:
+        """u (... d n), h (d k) or (k,), D (d,) -> (... d n), like ``fft_conv``."""
+        _check_conv(u, h, D)
+        check(u.shape[-1] == self.n, f"u must have length n = {self.n}")
+        return fft_conv(u, self.filter(h).to(h.dtype), D)
 
 
 # --- the short convolution of H3 and Hyena -----------------------------------------
