@@ -31,7 +31,9 @@ s stride, g groups (k / s), h heads, d head dim, w window, v vocabulary.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,7 @@ from minimodels.attention import (
     attention_naive,
     attention_sdpa,
 )
-from minimodels.lm import Block, init_embedding
+from minimodels.lm import Block, Shell, init_embedding
 
 __all__ = [
     "shift_right",
@@ -73,6 +75,19 @@ def _check_ids(ids: Tensor) -> None:
     check_ndim("ids", ids, 2, "b n")
     check(not ids.is_floating_point(), f"ids must be integer tokens, got {ids.dtype}")
     check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
+
+
+def draw_in_order(model: Shell, build: Callable[[], None], rng: Tensor) -> None:
+    """Draw ``model``'s parameters in the order these models drew them before
+    they shared ``Shell`` (embedding, ``build``'s blocks, head, then
+    ``init_embedding``), so that a seed gives the weights the committed grids
+    were trained with. ``Shell.__init__`` has drawn embedding and head first:
+    rewind the generator to ``rng``, taken just before it, and draw again."""
+    torch.random.set_rng_state(rng)
+    model.embed.reset_parameters()
+    build()
+    model.head.reset_parameters()
+    init_embedding(model.embed)
 
 
 def shift_right(x: Tensor, amount: int) -> Tensor:
@@ -183,7 +198,7 @@ class Shorten(nn.Module):
         return self.proj(rearrange(x, "b (m k) c -> b m (k c)", k=k))
 
 
-class Hourglass(nn.Module):
+class Hourglass(Shell):
     """Hourglass LM: ``depth = (pre, inner, post)`` attention blocks; the inner
     ones run on the sequence shortened by ``factor``, whose upsampled output is
     added to the residual stream. Inputs of any length are right-padded (the
@@ -199,11 +214,12 @@ class Hourglass(nn.Module):
         heads: int = 4,
         shift: bool = True,
     ) -> None:
-        super().__init__()
         check_int(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check_positive(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
         check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
         check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
+        rng = torch.random.get_rng_state()
+        super().__init__(num_tokens, dim)
         self.factor = factor
 
         def blocks(count: int) -> nn.ModuleList:
@@ -211,12 +227,11 @@ class Hourglass(nn.Module):
                 Block(dim, MultiHeadAttention(dim, heads=heads)) for _ in range(count)
             )
 
-        self.embed = nn.Embedding(num_tokens, dim)
-        self.pre, self.inner, self.post = (blocks(d) for d in depth)
-        self.shorten = Shorten(dim, factor, shift=shift)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_tokens, bias=False)
-        init_embedding(self.embed)
+        def build() -> None:
+            self.pre, self.inner, self.post = (blocks(d) for d in depth)
+            self.shorten = Shorten(dim, factor, shift=shift)
+
+        draw_in_order(self, build, rng)
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
         _check_ids(ids)
@@ -230,7 +245,7 @@ class Hourglass(nn.Module):
         x = x + upsample(z, self.factor)
         for block in self.post:
             x = block(x)
-        return self.head(self.norm(x))[:, :n]
+        return self.logits(x)[:, :n]
 
 
 # --- The simple hierarchical transformer ------------------------------------------
@@ -316,6 +331,20 @@ class HierarchicalMerge(nn.Module):
         return self.out(h)
 
 
+@dataclass(frozen=True)
+class Level:
+    """One hierarchy: factor k, stride s (s | k), width, and its attention
+    (``window`` None: full causal attention, 0: token shift only)."""
+
+    factor: int
+    stride: int
+    dim: int
+    heads: int
+    dim_head: int
+    ff_mult: int
+    window: int | None
+
+
 def _per_level(name: str, value: Any, levels: int) -> tuple:
     if not isinstance(value, (tuple, list)):
         return (value,) * levels
@@ -327,15 +356,69 @@ def _per_level(name: str, value: Any, levels: int) -> tuple:
     return tuple(value)
 
 
-class HierarchicalTransformer(nn.Module):
+def _check_level(level: Level) -> None:
+    k, s, w = level.factor, level.stride, level.window
+    check_int(dim=level.dim, dim_head=level.dim_head, heads=level.heads)
+    check_int(ff_mult=level.ff_mult, hierarchical_stride=s)
+    if w is not None:
+        check_int(window_sizes=w)
+    check_positive(dim=level.dim, dim_head=level.dim_head, heads=level.heads)
+    check_positive(ff_mult=level.ff_mult, hierarchical_stride=s)
+    check_divides("hierarchical_stride", s, f"hierarchy {k}", k)
+    check(w is None or w >= 0, f"window_sizes must be None or >= 0: {w}")
+
+
+def make_levels(
+    hierarchies: int | Sequence[int],
+    *,
+    dim: int | Sequence[int],
+    dim_head: int | Sequence[int],
+    heads: int | Sequence[int],
+    ff_mult: int | Sequence[int],
+    window_sizes: int | None | Sequence[int | None],
+    hierarchical_stride: int | Sequence[int],
+) -> tuple[Level, ...]:
+    """The seed's per-hierarchy options (one value, or one per hierarchy) as
+    checked ``Level``s; the finest level (it predicts) must have stride 1."""
+    ks = hierarchies if isinstance(hierarchies, (tuple, list)) else (hierarchies,)
+    ks = tuple(ks)
+    check_int(**{f"hierarchies[{i}]": k for i, k in enumerate(ks)})
+    check(len(ks) > 0 and min(ks) > 0, f"hierarchies must be > 0: {ks}")
+    check(len(set(ks)) == len(ks), f"hierarchies must be distinct, got {ks}")
+    options = dict(
+        dim=dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult,
+        window=window_sizes, stride=hierarchical_stride,
+    )  # fmt: skip
+    seed_names = {"window": "window_sizes", "stride": "hierarchical_stride"}
+    per = {
+        key: _per_level(seed_names.get(key, key), value, len(ks))
+        for key, value in options.items()
+    }
+    levels = tuple(
+        Level(k, **{key: values[i] for key, values in per.items()})
+        for i, k in enumerate(ks)
+    )
+    for level in levels:
+        _check_level(level)
+    finest = levels[ks.index(min(ks))]
+    check(
+        finest.stride == 1,
+        f"the predicting hierarchy ({finest.factor}) needs hierarchical_stride 1",
+    )
+    return levels
+
+
+class HierarchicalTransformer(Shell):
     """The ``simple-hierarchical-transformer`` API: ``model(ids)`` -> logits (b n v);
-    ``model(ids, return_loss=True)`` -> (next-token loss, aux dict).
+    ``model(ids, return_loss=True)`` -> (next-token loss, aux dict), and the
+    shell's ``model.loss(ids, targets)``.
 
     ``dim``, ``dim_head``, ``heads``, ``ff_mult``, ``window_sizes`` and
     ``hierarchical_stride`` take one value or a tuple with one per hierarchy.
     Window ``None`` = full causal attention, ``0`` = token shift only. Inputs of
     any length <= ``seq_len`` work: they are right-padded to a multiple of every
     factor. ``use_flash_attn`` picks the fused SDPA path (else the plain one).
+    The embedding has the widest level's width; the head reads the finest's.
     """
 
     def __init__(
@@ -354,139 +437,113 @@ class HierarchicalTransformer(nn.Module):
         use_flash_attn: bool = True,
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
         check_int(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
         check_positive(num_tokens=num_tokens, depth=depth, seq_len=seq_len)
-        ks = hierarchies if isinstance(hierarchies, (tuple, list)) else (hierarchies,)
-        ks, L = tuple(ks), len(ks)
-        check_int(**{f"hierarchies[{i}]": k for i, k in enumerate(ks)})
-        check(L > 0 and all(k > 0 for k in ks), f"hierarchies must be > 0: {ks}")
-        check(len(set(ks)) == L, f"hierarchies must be distinct, got {ks}")
-        dims, dim_heads, headss, ffs, windows, strides = (
-            _per_level(name, value, L)
-            for name, value in (
-                ("dim", dim),
-                ("dim_head", dim_head),
-                ("heads", heads),
-                ("ff_mult", ff_mult),
-                ("window_sizes", window_sizes),
-                ("hierarchical_stride", hierarchical_stride),
-            )
+        levels = make_levels(
+            hierarchies, dim=dim, dim_head=dim_head, heads=heads, ff_mult=ff_mult,
+            window_sizes=window_sizes, hierarchical_stride=hierarchical_stride,
+        )  # fmt: skip
+        ks = tuple(level.factor for level in levels)
+        predict = ks.index(min(ks))
+        width = max(level.dim for level in levels)
+        rng = torch.random.get_rng_state()
+        super().__init__(
+            num_tokens, width, out_dim=levels[predict].dim, ignore_index=ignore_index
         )
-        for i, k in enumerate(ks):
-            check_int(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
-            check_int(ff_mult=ffs[i], hierarchical_stride=strides[i])
-            if windows[i] is not None:
-                check_int(window_sizes=windows[i])
-            check_positive(dim=dims[i], dim_head=dim_heads[i], heads=headss[i])
-            check_positive(ff_mult=ffs[i], hierarchical_stride=strides[i])
-            check_divides("hierarchical_stride", strides[i], f"hierarchy {k}", k)
-            w = windows[i]
-            check(w is None or w >= 0, f"window_sizes must be None or >= 0: {w}")
-        self.predict = ks.index(min(ks))
-        check(
-            strides[self.predict] == 1,
-            f"the predicting hierarchy ({min(ks)}) needs hierarchical_stride 1",
-        )
-        self.hierarchies, self.strides, self.dims = ks, strides, dims
-        self.heads, self.dim_heads, self.ff_mults = headss, dim_heads, ffs
-        self.windows, self.seq_len, self.ignore_index = windows, seq_len, ignore_index
-        self.multiple = math.lcm(*ks)
-        width = max(dims)
-        self.token_emb = nn.Embedding(num_tokens, width)
+        self.levels, self.hierarchies, self.predict = levels, ks, predict
+        self.seq_len, self.multiple = seq_len, math.lcm(*ks)
+        draw_in_order(self, lambda: self._build(depth, use_flash_attn), rng)
+
+    def _build(self, depth: int, fast: bool) -> None:
+        levels, width = self.levels, self.embed.embedding_dim
         self.emb_norm = nn.LayerNorm(width)
         self.compressors = nn.ModuleList(
-            Compress(width, d, k, s) for d, k, s in zip(dims, ks, strides)
+            Compress(width, lv.dim, lv.factor, lv.stride) for lv in levels
         )
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 HierarchicalBlock(
-                    dims[i],
-                    heads=headss[i],
-                    dim_head=dim_heads[i],
-                    window=windows[i],
-                    ff_mult=ffs[i],
-                    groups=ks[i] // strides[i],
-                    fast=use_flash_attn,
-                )
-                for i in range(L)
+                    lv.dim,
+                    heads=lv.heads,
+                    dim_head=lv.dim_head,
+                    window=lv.window,
+                    ff_mult=lv.ff_mult,
+                    groups=lv.factor // lv.stride,
+                    fast=fast,
+                )  # fmt: skip
+                for lv in levels
             )
             for _ in range(depth)
         )
+        dims = tuple(lv.dim for lv in levels)
+        strides = tuple(lv.stride for lv in levels)
         self.merges = nn.ModuleList(
             HierarchicalMerge(dims, dims[self.predict], strides)
-            for _ in range(depth if L > 1 else 0)
+            for _ in range(depth if len(levels) > 1 else 0)
         )
-        self.norm = nn.LayerNorm(dims[self.predict])
-        self.to_logits = nn.Linear(dims[self.predict], num_tokens, bias=False)
-        init_embedding(self.token_emb)
-
-    def _logits(self, ids: Tensor) -> Tensor:
-        _check_ids(ids)
-        n = ids.shape[1]
-        check(n <= self.seq_len, f"ids length {n} exceeds seq_len {self.seq_len}")
-        ids = F.pad(ids, (0, (-n) % self.multiple))  # the padding is in the future
-        x = self.emb_norm(self.token_emb(ids))
-        tokens = [compress(x) for compress in self.compressors]
-        p = self.predict
-        for i, blocks in enumerate(self.layers):
-            tokens = [block(z) for block, z in zip(blocks, tokens)]
-            if self.merges:
-                tokens[p] = tokens[p] + self.merges[i](tokens, ids.shape[1])
-        return self.to_logits(self.norm(tokens[p]))[:, :n]
 
     def forward(
         self, ids: Tensor, return_loss: bool = False
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        if not return_loss:
-            return self._logits(ids)
-        logits = self._logits(ids[:, :-1])
-        loss = F.cross_entropy(
-            rearrange(logits, "b n v -> b v n"),
-            ids[:, 1:],
-            ignore_index=self.ignore_index,
-        )
-        return loss, {"cross_entropy": loss.detach()}
+        if return_loss:  # the seed's protocol: predict ids[1:] from ids[:-1]
+            loss = self.loss(ids[:, :-1], ids[:, 1:])
+            return loss, {"cross_entropy": loss.detach()}
+        _check_ids(ids)
+        n = ids.shape[1]
+        check(n <= self.seq_len, f"ids length {n} exceeds seq_len {self.seq_len}")
+        ids = F.pad(ids, (0, (-n) % self.multiple))  # the padding is in the future
+        x = self.emb_norm(self.embed(ids))
+        tokens = [compress(x) for compress in self.compressors]
+        p = self.predict
+        for i, blocks in enumerate(self.layers):
+            level_blocks = cast(nn.ModuleList, blocks)  # one block per level
+            tokens = [block(z) for block, z in zip(level_blocks, tokens)]
+            if self.merges:
+                tokens[p] = tokens[p] + self.merges[i](tokens, ids.shape[1])
+        return self.logits(tokens[p])[:, :n]
 
-    def costs(self, n: int | None = None) -> list[dict[str, Any]]:
-        """Per layer, for each hierarchy and for the merge: tokens processed,
-        parameters, and multiply-adds of the linear layers and of the attention
-        scores (causal entries only: q.k and p.v, so 2 x entries x h x d)."""
-        n = n or self.seq_len
-        n = n + (-n) % self.multiple
-        rows: list[dict[str, Any]] = []
-        for i, k in enumerate(self.hierarchies):
-            c, s, w = self.dims[i], self.strides[i], self.windows[i]
-            inner = self.heads[i] * self.dim_heads[i]
-            params = 2 * self.ff_mults[i] * c * c + (4 * inner * c if w != 0 else 0)
-            span = n // k  # length of each of the k / s interleaved groups
-            reach = span if w is None else w
-            entries = (k // s) * sum(min(t + 1, reach) for t in range(span))
-            macs = 2 * entries * inner if w != 0 else 0
-            rows.append(
-                {
-                    "hierarchy": k,
-                    "stride": s,
-                    "tokens": n // s,
-                    "params": params,
-                    "linear_macs": (n // s) * params,
-                    "attention_macs": macs,
-                }
-            )
-        if self.merges:
-            out = self.dims[self.predict]
-            coarse = sum(
-                (n // s) * d * 2 * out for d, s in zip(self.dims, self.strides)
-            )
-            params = sum(self.dims) * 2 * out + 2 * out * out
-            rows.append(
-                {
-                    "hierarchy": "merge",
-                    "stride": 1,
-                    "tokens": n,
-                    "params": params,
-                    "linear_macs": coarse + n * 2 * out * out,
-                    "attention_macs": 0,
-                }
-            )
-        return rows
+
+def hierarchical_costs(levels: Sequence[Level], n: int) -> list[dict[str, Any]]:
+    """The cost of one layer of a ``HierarchicalTransformer`` with these
+    ``levels`` (``model.levels``) on n tokens, padded as the model pads them.
+
+    One row per hierarchy, and one for the merge when there are several: tokens
+    processed, parameters, and multiply-adds of the linear layers and of the
+    attention scores (causal entries only: q.k and p.v, so 2 x entries x h x d).
+    """
+    check_int(n=n)
+    check_positive(n=n)
+    n = n + (-n) % math.lcm(*(lv.factor for lv in levels))
+    rows: list[dict[str, Any]] = []
+    for lv in levels:
+        k, s, c, w = lv.factor, lv.stride, lv.dim, lv.window
+        inner = lv.heads * lv.dim_head
+        params = 2 * lv.ff_mult * c * c + (4 * inner * c if w != 0 else 0)
+        span = n // k  # length of each of the k / s interleaved groups
+        reach = span if w is None else w
+        entries = (k // s) * sum(min(t + 1, reach) for t in range(span))
+        macs = 2 * entries * inner if w != 0 else 0
+        rows.append(
+            {
+                "hierarchy": k,
+                "stride": s,
+                "tokens": n // s,
+                "params": params,
+                "linear_macs": (n // s) * params,
+                "attention_macs": macs,
+            }
+        )
+    if len(levels) > 1:
+        out = min(levels, key=lambda lv: lv.factor).dim
+        coarse = sum((n // lv.stride) * lv.dim * 2 * out for lv in levels)
+        rows.append(
+            {
+                "hierarchy": "merge",
+                "stride": 1,
+                "tokens": n,
+                "params": sum(lv.dim for lv in levels) * 2 * out + 2 * out * out,
+                "linear_macs": coarse + n * 2 * out * out,
+                "attention_macs": 0,
+            }
+        )
+    return rows

@@ -10,12 +10,14 @@ from minimodels.hierarchical import (
     Hourglass,
     LocalAttention,
     Shorten,
+    hierarchical_costs,
     local_attention,
     local_attention_naive,
     shift_right,
     token_shift,
     upsample,
 )
+from minimodels.lm import Shell
 from minimodels.testing import assert_causal, assert_same
 
 # The three examples of the simple-hierarchical-transformer README, with only the
@@ -89,8 +91,8 @@ def _run_readme(code: list[str]) -> tuple[dict, list[torch.Tensor]]:
     for snippet in code[1:]:
         exec(snippet, scope)
         model = scope["model"]
-        ids = torch.randint(0, model.to_logits.out_features, (1, model.seq_len))
-        loss, _ = model(ids.to(model.to_logits.weight.device), return_loss=True)
+        ids = torch.randint(0, model.head.out_features, (1, model.seq_len))
+        loss, _ = model(ids.to(model.head.weight.device), return_loss=True)
         loss.backward()
         losses.append(loss.detach())
     return scope, losses
@@ -257,11 +259,26 @@ def test_return_loss_is_next_token_cross_entropy() -> None:
     torch.testing.assert_close(aux["cross_entropy"], expected)
 
 
+def test_both_models_are_shells_with_one_loss_protocol() -> None:
+    ids = torch.randint(0, 11, (3, 20))
+    torch.manual_seed(0)
+    for model in (_model(**CONFIGS["1-2"]), Hourglass(11, 16).double()):
+        assert isinstance(model, Shell) and model.head.out_features == 11
+        targets = ids.roll(-1, 1)
+        targets[:, -1] = -100  # ignored
+        want = F.cross_entropy(model(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        torch.testing.assert_close(model.loss(ids, targets), want)
+    seed, _ = _model(**CONFIGS["1-2"])(ids, return_loss=True)
+    torch.testing.assert_close(
+        seed, _model(**CONFIGS["1-2"]).loss(ids[:, :-1], ids[:, 1:])
+    )
+
+
 def test_costs_shrink_with_compression() -> None:
     flat, strided = _model(dim=16), _model(**CONFIGS["1-2-8-strided"])
-    (row,) = flat.costs(64)
+    (row,) = hierarchical_costs(flat.levels, 64)
     assert row["tokens"] == 64 and row["attention_macs"] == 2 * (64 * 65 // 2) * 16
-    rows = {r["hierarchy"]: r for r in strided.costs(64)}
+    rows = {r["hierarchy"]: r for r in hierarchical_costs(strided.levels, 64)}
     assert [rows[k]["tokens"] for k in (1, 2, 8)] == [64, 32, 8]
     assert rows[8]["attention_macs"] == 0  # window 0: token shift only
     assert rows["merge"]["tokens"] == 64
