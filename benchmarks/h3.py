@@ -9,7 +9,8 @@ FlashAttention on a GPU under bf16 autocast) of the same width. The batch holds
 ``--tokens`` tokens in all (batch = tokens // n, at least 1), so a flat line is
 constant work per token. It prints tokens/s for both and the ratio H3 / attention,
 fits power laws to the times per batch, and writes JSON (with device and
-versions) to ``figures/data/h3_vs_attention_{cpu,h100}.json``.
+versions) to ``figures/data/h3_vs_attention_TAG.json``, TAG the device
+(``bench.device_tag``: cpu, h100, h200, ...). ``--toy`` runs it in seconds.
 
 Beside the times, each row holds what is exact and the same on every machine,
 counted operator by operator over one forward and backward (``counts``):
@@ -23,9 +24,7 @@ Elementwise work appears in bytes and ops, not in FLOPs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,24 +55,9 @@ def make_pair(dim: int, *, heads: int, head_dim: int, d_state: int) -> dict:
 def fwd_bwd(
     module: nn.Module, batch: int, n: int, dim: int, device: str, autocast: str
 ) -> Callable[[], None]:
-    """A closure running forward and backward once on a random input."""
-    x = torch.randn(batch, n, dim, device=device, requires_grad=True)
-    grad = torch.randn_like(x)
-    dtype = AUTOCAST[autocast]
-
-    def run() -> None:
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        ctx = (
-            torch.autocast(torch.device(device).type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            y = module(x)
-        y.float().backward(grad)
-
-    return run
+    """``bench.fwd_bwd`` of ``module`` on a random (batch n dim) input."""
+    x = torch.randn(batch, n, dim, device=device)
+    return bench.fwd_bwd(module, x, autocast=AUTOCAST[autocast])
 
 
 aten = torch.ops.aten
@@ -195,9 +179,7 @@ def _print_row(row: dict[str, Any]) -> None:
     )
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=None)
     p.add_argument("--dim", type=int, default=None, help="768 on cuda, else 32")
     p.add_argument("--heads", type=int, default=None, help="attention heads")
@@ -206,52 +188,55 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=None, help="tokens per batch")
     p.add_argument("--autocast", choices=list(AUTOCAST), default=None)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--no-counts", dest="counts", action="store_false",
                    help="skip the FLOP, byte and operator counts")  # fmt: skip
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--plot", type=Path, default=None, help="save a figure here")
-    args = p.parse_args(argv)
+
+
+def defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The sizes left unset: a GPU's or the CPU's."""
     cuda = args.device.startswith("cuda")
     args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
     args.dim = args.dim or (768 if cuda else 32)
     args.heads = args.heads or max(1, args.dim // 64)
     args.tokens = args.tokens or (16384 if cuda else 2048)
     args.autocast = args.autocast or ("bfloat16" if cuda else "none")
-    tag = "h100" if cuda else "cpu"
-    args.out = args.out or bench.figures_dir() / f"data/h3_vs_attention_{tag}.json"
     return args
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    series = {
+        name: [(r["n"], r[f"{name}_tokens_per_s"]) for r in result["rows"]]
+        for name in ("h3", "attention")
+    }
+    bench.plot_loglog(series, path, xlabel="sequence length",
+                      ylabel="training tokens/s (fwd+bwd)")  # fmt: skip
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("h3", "attention"):
-        pts = [(r["n"], r[f"{name}_tokens_per_s"]) for r in result["rows"]]
-        ax.loglog(*zip(*[p for p in pts if p[1]]), "o-", label=name)
-    ax.set(xlabel="sequence length", ylabel="training tokens/s (fwd+bwd)")
-    ax.legend()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+BENCHMARK = bench.Benchmark(
+    name="h3",
+    doc=__doc__,
+    run=lambda args: run(defaults(args)),
+    out="h3_vs_attention_{tag}.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--lengths",
+        "16",
+        "32",
+        "--dim",
+        "8",
+        "--d-state",
+        "4",
+        "--tokens",
+        "64",
+        "--repeats",
+        "1",
+    ],  # fmt: skip
+    plot=plot,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    result["command"] = "python -m benchmarks.h3 " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    bench.save_json(result, args.out, device=args.device)
-    print(f"wrote {args.out}")
-    if args.plot is not None:
-        plot(result, args.plot)
-    return result
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

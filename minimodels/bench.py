@@ -1,33 +1,48 @@
-"""Timing and peak-memory helpers for CPU and CUDA, returning plain dicts.
+"""Timing and peak-memory helpers for CPU and CUDA, and the benchmark harness.
 
-Chapters plot these dicts; benchmarks save them as JSON together with
-``environment()`` (device, versions, date) so a figure always says where its
-numbers come from. Scaling exponents are fitted with ``fit_power_law``.
+Chapters plot the plain dicts these helpers return; benchmarks save them as
+JSON together with ``environment()`` (the command, commit, device, versions and
+date) so a figure always says where its numbers come from.
+
+- ``time_interleaved`` times several functions in turns, round after round, so
+  a busy spell on a shared machine slows all of them alike;
+- ``fwd_bwd`` is the one forward-and-backward closure that benchmarks time;
+- ``Benchmark`` is every ``python -m benchmarks.NAME`` command line: the common
+  options (``--device``, ``--threads``, ``--out``, ``--toy``), the output name
+  tagged by ``device_tag``, the JSON with provenance and an optional plot.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import argparse
+import contextlib
 import json
 import math
-import platform
+import re
+import shlex
 import statistics
+import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from minimodels import experiments
 from minimodels._util import check, check_positive
 
 __all__ = [
     "environment",
+    "device_tag",
     "time_fn",
+    "time_interleaved",
+    "fwd_bwd",
     "median_or_oom",
     "peak_memory",
     "peak_tensor_bytes",
@@ -37,33 +52,48 @@ __all__ = [
     "save_json",
     "load_json",
     "figures_dir",
+    "Benchmark",
+    "grid_options",
+    "plot_loglog",
 ]
 
 
-def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Where a measurement was taken: device name, versions, date."""
+def environment(
+    device: str | torch.device = "cpu", *, command: str | None = None
+) -> dict[str, Any]:
+    """Where a measurement was taken: ``experiments.provenance(command)`` (the
+    command, commit, versions, CPU, threads, date) and the device."""
     device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-    env = {
-        "device": name,
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "date": _dt.date.today().isoformat(),
-    }
+    cuda = device.type == "cuda"
+    env = experiments.provenance(command)
+    env["device"] = torch.cuda.get_device_name(device) if cuda else env["cpu"]
+    env["device_type"] = device.type
     try:
         import triton
 
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
-    if device.type == "cuda":
+    if cuda:
         env["cuda"] = torch.version.cuda
     return env
+
+
+KNOWN_GPUS = ("h200", "h100", "a100", "a10g", "l40s", "l4", "v100", "t4")
+
+
+def device_tag(device: str | torch.device = "cpu") -> str:
+    """The short name that ends every benchmark's output file: ``"cpu"``, a
+    known GPU's model (``"h100"``, ``"h200"``, ``"a100"``, ...) or else the GPU's
+    name from ``torch.cuda.get_device_name`` in lower case, non-alphanumerics
+    as ``_`` (``"nvidia_geforce_rtx_4090"``). Never a guess: a file named
+    ``_h100`` was measured on an H100."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device).lower()
+    known = [t for t in KNOWN_GPUS if re.search(rf"\b{t}\b", name)]
+    return known[0] if known else re.sub(r"[^a-z0-9]+", "_", name).strip("_")
 
 
 def _sync(device: torch.device) -> None:
@@ -91,6 +121,70 @@ def time_fn(
         _sync(device)
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times)}
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int = 3,
+    warmup: int = 1,
+    best: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Seconds of each function, timed in turns: every round runs each function
+    once, so whatever else the machine does slows all of them alike. After
+    ``warmup`` calls of each, returns the fastest round of each (``best``) or
+    the median. Compare the results as ratios with a margin, never as times."""
+    check_positive(rounds=rounds)
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    reduce = min if best else statistics.median
+    return {name: reduce(ts) for name, ts in times.items()}
+
+
+def fwd_bwd(
+    module: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    autocast: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """A closure running ``module(x)`` forward and backward once.
+
+    The output's gradient is a fixed random tensor (drawn at the first call,
+    seeded), so every output element takes part, as in training. Gradients are
+    cleared before each call; a floating ``x`` gets its own gradient too.
+    ``autocast`` runs the forward under ``torch.autocast`` in that dtype."""
+    if x.is_floating_point():
+        x = x.detach().requires_grad_()
+    grad: list[Tensor] = []
+
+    def run() -> None:
+        if isinstance(module, nn.Module):
+            module.zero_grad(set_to_none=True)
+        x.grad = None
+        ctx = (
+            torch.autocast(x.device.type, dtype=autocast)
+            if autocast is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            y = module(x)
+        if not grad:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            grad.append(torch.randn(y.shape, generator=g).to(y.device, y.dtype))
+        y.backward(grad[0])
+
+    return run
 
 
 def median_or_oom(
@@ -220,17 +314,17 @@ def fit_power_law(xs: Iterable[float], ys: Iterable[float]) -> tuple[float, floa
 
 
 def save_json(
-    data: Any, path: str | Path, *, device: str | torch.device = "cpu"
+    data: Any,
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    command: str | None = None,
 ) -> Path:
-    """Write ``{"environment": ..., "results": data}`` as indented JSON (from
-    rank 0 only, when several processes run under ``torchrun``)."""
-    path = Path(path)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"environment": environment(device), "results": data}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    """Write ``{"environment": environment(device, command=...), "results":
+    data}`` as indented JSON (``experiments.write_json``: rank 0 alone under
+    ``torchrun``, never half a file)."""
+    payload = {"environment": environment(device, command=command), "results": data}
+    return experiments.write_json(path, payload, indent=2)
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -249,3 +343,116 @@ def figures_dir(start: str | Path | None = None) -> Path:
         if (folder / "book.toml").exists():
             return folder / "figures"
     return here / "figures"
+
+
+# --- the benchmark harness ----------------------------------------------------------
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One ``python -m benchmarks.NAME`` command line around ``run(args)``.
+
+    Every benchmark gets the same options: ``--threads`` (default 1: on a
+    shared machine more threads cost more CPU than they save), ``--out`` (a
+    JSON path; default ``figures/data/`` + ``out`` with ``{tag}`` replaced by
+    ``device_tag(args.device)``), ``--toy`` (the arguments ``toy`` first, so
+    the run takes seconds; explicit arguments still win), ``--device`` (unless
+    ``device`` is None: a CPU-only grid), ``--processes`` for a ``grid`` and
+    ``--plot PATH`` when there is a ``plot``. ``add_arguments`` adds the rest.
+
+    ``main(argv)`` parses, sets the threads, calls ``run(args)`` and, unless
+    ``grid`` (whose rows ``experiments.run_grid`` writes, given
+    ``grid_options(args)``), saves what it returns with ``save_json``,
+    provenance included (``args.command`` is the command line), then plots.
+    """
+
+    name: str  # the module in benchmarks/
+    doc: str | None  # the --help text: the module's docstring
+    run: Callable[[argparse.Namespace], Any]
+    out: str | Callable[[argparse.Namespace], str]  # file name, "{tag}" allowed
+    add_arguments: Arguments | None = None
+    toy: Sequence[str] = ()
+    grid: bool = False
+    device: str | None = "cpu"  # the default --device
+    plot: Callable[[Any, Path], None] | None = None
+
+    def parser(self) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(
+            prog=f"python -m benchmarks.{self.name}",
+            description=self.doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if self.device is not None:
+            p.add_argument("--device", default=self.device, help="cpu, cuda, ...")
+        p.add_argument("--threads", type=int, default=1, help="CPU threads")
+        p.add_argument("--out", type=Path, default=None, help="JSON path")
+        toy = shlex.join(self.toy) or "the defaults"
+        p.add_argument("--toy", action="store_true", help=f"seconds: {toy}")
+        if self.grid:
+            p.add_argument("--processes", type=int, default=1, help="worker processes")
+        if self.plot is not None:
+            p.add_argument("--plot", type=Path, default=None, help="save a figure")
+        if self.add_arguments is not None:
+            self.add_arguments(p)
+        return p
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        given = list(sys.argv[1:] if argv is None else argv)
+        parser = self.parser()
+        args = parser.parse_args(given)
+        if args.toy:  # the toy arguments first: the given ones override them
+            args = parser.parse_args([*self.toy, *given])
+        if self.device is None:
+            args.device = "cpu"
+        check_positive(threads=args.threads)
+        args.command = shlex.join(["python", "-m", f"benchmarks.{self.name}", *given])
+        if args.out is None:
+            name = self.out if isinstance(self.out, str) else self.out(args)
+            name = name.format(tag=device_tag(args.device))
+            args.out = figures_dir() / "data" / name
+        return args
+
+    def main(self, argv: Sequence[str] | None = None) -> Any:
+        args = self.parse(argv)
+        torch.set_num_threads(args.threads)
+        result = self.run(args)
+        if not self.grid:
+            save_json(result, args.out, device=args.device, command=args.command)
+        print(f"wrote {args.out}")
+        if self.plot is not None and args.plot is not None:
+            self.plot(result, args.plot)
+        return result
+
+
+def grid_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What a grid benchmark passes on to ``experiments.run_grid``: its output,
+    processes, threads per process and command line."""
+    return {"out": args.out, "processes": args.processes, "threads": args.threads,
+            "command": args.command}  # fmt: skip
+
+
+def plot_loglog(
+    series: Mapping[str, Sequence[tuple[float, float | None]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
+    """Save a log-log figure of named ``(x, y)`` series (points whose y is None,
+    e.g. out of memory, are left out) to ``path``. A bare ``Figure``: no
+    display, and pyplot's backend (a notebook's) is left alone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, points in series.items():
+        kept = [(x, y) for x, y in points if y is not None]
+        if kept:
+            ax.loglog(*zip(*kept), "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)

@@ -45,6 +45,8 @@ from minimodels._util import check, check_positive
 
 __all__ = [
     "provenance",
+    "is_writer",
+    "write_json",
     "cpu_model",
     "cell_key",
     "run_grid",
@@ -110,13 +112,25 @@ def load(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def _save(path: Path, provenance_: dict, rows: list[Row]) -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return  # under torchrun, rank 0 writes
+def is_writer() -> bool:
+    """Whether this process writes results: always, except under ``torchrun``,
+    where rank 0 alone writes (the other ranks hold the same rows)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank())
+
+
+def write_json(path: str | Path, payload: Any, *, indent: int = 1) -> Path:
+    """Write ``payload`` as JSON to ``path`` from the writing process only
+    (``is_writer``), through a temporary file: a crash mid-write never leaves
+    half a file. Every results file of the book is written here."""
+    path = Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"provenance": provenance_, "rows": rows}, indent=1))
-    os.replace(tmp, path)  # a crash mid-write never leaves half a file
+    tmp.write_text(json.dumps(payload, indent=indent) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _run_one(fn: CellFn, cell: Cell, threads: int) -> Row:
@@ -142,29 +156,35 @@ def run_grid(
 
     With ``out``, rows already stored there for the same cells are reused (the
     grid resumes) and the file is rewritten after every new row, together with
-    ``provenance(command)``. ``processes > 1`` runs cells in that many worker
-    processes (spawned, each at ``threads`` threads). Rows come back in the
-    order of ``cells``.
+    ``provenance(command)``: this grid's rows in the order of ``cells``, then
+    every stored row of another cell, untouched (a run for a subset of a grid
+    never deletes the rest of its data). ``processes > 1`` runs cells in that
+    many worker processes (spawned, each at ``threads`` threads). Rows come
+    back in the order of ``cells``.
     """
     check_positive(processes=processes, threads=threads)
     grid: list[Cell] = [dict(c) for c in cells]
     keys = [cell_key(c) for c in grid]
     check(len(set(keys)) == len(keys), "cells must be distinct")
     path = Path(out) if out is not None else None
+    stored = load(path)["rows"] if path is not None and path.exists() else []
+    names = list(grid[0]) if grid else []
     done: dict[str, Row] = {}
-    if path is not None and path.exists():
-        for row in load(path)["rows"]:
-            cell = {k: row[k] for k in grid[0] if k in row} if grid else {}
-            done[cell_key(cell)] = row
+    for row in stored:  # the first stored row of a cell is that cell's row
+        done.setdefault(cell_key({k: row[k] for k in names if k in row}), row)
+    used = {id(done[k]) for k in keys if k in done}
+    # rows of other cells (another phase, another subset) stay in the file
+    others = [r for r in stored if id(r) not in used]
     stamp = provenance(command, threads=threads)
     todo = [c for c, k in zip(grid, keys) if k not in done]
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=description,
                disable=not progress)  # fmt: skip
 
     def finished(row: Row) -> None:
-        done[cell_key({k: row[k] for k in grid[0]})] = row
+        done[cell_key({k: row[k] for k in names})] = row
         if path is not None:
-            _save(path, stamp, [done[k] for k in keys if k in done])
+            rows = [done[k] for k in keys if k in done]
+            write_json(path, {"provenance": stamp, "rows": rows + others})
         bar.update()
 
     if processes == 1 or len(todo) <= 1:

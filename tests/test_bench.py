@@ -61,3 +61,133 @@ def test_median_or_oom_times_or_reports_none():
         raise torch.OutOfMemoryError("no room")
 
     assert bench.median_or_oom(out_of_memory, repeats=1) is None
+
+
+def test_save_json_stamps_provenance(tmp_path):
+    path = bench.save_json({"x": 1}, tmp_path / "r.json", command="python -m x --y")
+    env = bench.load_json(path)["environment"]
+    assert env["command"] == "python -m x --y"
+    assert {"commit", "cpu", "threads", "device", "device_type"} <= set(env)
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    """One check for every results file: under torchrun, rank 0 writes."""
+    from minimodels import experiments
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    bench.save_json([1], tmp_path / "a.json")
+    experiments.run_grid(lambda c: {"m": 1}, [{"a": 1}], out=tmp_path / "b.json",
+                         progress=False)  # fmt: skip
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    bench.save_json([1], tmp_path / "a.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize(
+    "name, tag",
+    [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+     ("NVIDIA A100-SXM4-40GB", "a100"), ("NVIDIA L40S", "l40s"),
+     ("NVIDIA GeForce RTX 4090", "nvidia_geforce_rtx_4090")],
+)  # fmt: skip
+def test_device_tag_names_the_gpu(monkeypatch, name, tag):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert bench.device_tag("cuda") == tag
+    assert bench.device_tag("cpu") == "cpu"
+
+
+def test_time_interleaved_runs_every_function_once_per_round():
+    calls = []
+    fns = {name: lambda name=name: calls.append(name) for name in "abc"}
+    seconds = bench.time_interleaved(fns, rounds=3, warmup=1)
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] * 3
+    assert set(seconds) == set("abc") and all(s > 0 for s in seconds.values())
+    calls.clear()
+    median = bench.time_interleaved(fns, rounds=2, warmup=0, best=False)
+    assert calls == ["a", "b", "c"] * 2 and set(median) == set("abc")
+    with pytest.raises(ValueError, match="rounds"):
+        bench.time_interleaved(fns, rounds=0)
+
+
+def test_fwd_bwd_backpropagates_a_fixed_random_gradient():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 5, 4)
+    step = bench.fwd_bwd(layer, x)
+    step()
+    first = layer.weight.grad.clone()
+    step()  # cleared, not accumulated: the same gradient again
+    torch.testing.assert_close(layer.weight.grad, first)
+    g = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    layer.zero_grad()
+    (layer(x) * g).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, first)
+    ids = torch.randint(0, 7, (2, 5))  # integer inputs (token ids) take no grad
+    bench.fwd_bwd(torch.nn.Embedding(7, 3), ids)()
+    bench.fwd_bwd(layer, x, autocast=torch.bfloat16)()
+    assert layer.weight.grad.dtype == torch.float32
+
+
+def _toy_run(args):
+    return {"size": args.size, "threads": torch.get_num_threads()}
+
+
+TOY = bench.Benchmark(
+    name="toy", doc="A toy benchmark.", run=_toy_run, out="toy_{tag}.json",
+    add_arguments=lambda p: p.add_argument("--size", type=int, default=100),
+    toy=["--size", "3"],
+)  # fmt: skip
+
+
+def test_benchmark_harness_parses_runs_and_saves(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        out = tmp_path / "r.json"
+        result = TOY.main(["--toy", "--out", str(out)])
+        assert result == {"size": 3, "threads": 1}  # toy size, one thread
+        data = bench.load_json(out)
+        assert data["results"] == result
+        assert data["environment"]["command"] == (
+            f"python -m benchmarks.toy --toy --out {out}"
+        )
+        assert TOY.main(["--toy", "--size", "5", "--out", str(out)])["size"] == 5
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.chdir(tmp_path)  # outside a checkout: ./figures/data/
+    assert TOY.parse([]).out == tmp_path / "figures" / "data" / "toy_cpu.json"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "H200")
+    assert TOY.parse(["--device", "cuda"]).out.name == "toy_h200.json"
+    with pytest.raises(ValueError, match="threads"):
+        TOY.parse(["--threads", "0"])
+
+
+def test_grid_benchmark_leaves_the_file_to_run_grid(tmp_path):
+    from minimodels import experiments
+
+    def run(args):
+        cells = [{"seed": s} for s in range(args.seeds)]
+        return experiments.run_grid(
+            lambda c: {"m": c["seed"]},
+            cells,
+            progress=False,
+            **bench.grid_options(args),
+        )
+
+    grid = bench.Benchmark(
+        name="grid", doc=None, run=run, out="grid.json", grid=True, device=None,
+        add_arguments=lambda p: p.add_argument("--seeds", type=int, default=2),
+    )  # fmt: skip
+    out = tmp_path / "g.json"
+    rows = grid.main(["--out", str(out)])
+    stored = experiments.load(out)
+    assert stored["rows"] == rows and len(rows) == 2
+    assert stored["provenance"]["command"].startswith("python -m benchmarks.grid")
+    with pytest.raises(SystemExit):
+        grid.parse(["--device", "cuda"])  # a CPU grid has no --device
+
+
+def test_plot_loglog_writes_a_figure(tmp_path):
+    series = {"a": [(1, 1.0), (2, 4.0)], "b": [(1, 2.0), (2, None)]}
+    path = bench.plot_loglog(series, tmp_path / "f.png", xlabel="n", ylabel="s")
+    assert path.stat().st_size > 1000

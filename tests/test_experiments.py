@@ -80,3 +80,21 @@ def test_metrics_may_not_overwrite_the_cell():
 def test_cells_must_be_distinct():
     with pytest.raises(ValueError, match="distinct"):
         experiments.run_grid(square, CELLS[:1] * 2, progress=False)
+
+
+def test_a_grid_for_a_subset_keeps_the_other_stored_rows(tmp_path):
+    out = tmp_path / "grid.json"
+    experiments.run_grid(square, CELLS, out=out, progress=False)
+    data = json.loads(out.read_text())
+    data["rows"].append({"contender": "old", "seed": 0, "lr": 1.0, "val": 0.5})
+    del data["rows"][3]["lr"]  # a row of an older grid, without today's lr
+    out.write_text(json.dumps(data))
+    subset = CELLS[4:6]
+    rows = experiments.run_grid(square, subset, out=out, progress=False)
+    assert [{k: r[k] for k in subset[0]} for r in rows] == subset
+    experiments.run_grid(square, [{**CELLS[0], "lr": 0.5}], out=out, progress=False)
+    kept = experiments.load(out)["rows"]
+    assert len(kept) == len(CELLS) + 2  # every stored row, and the new one
+    for row in data["rows"]:
+        assert row in kept
+    assert kept[0] == {**CELLS[0], "lr": 0.5, **square({**CELLS[0], "lr": 0.5})}
