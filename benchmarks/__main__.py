@@ -2,6 +2,7 @@
 
     python -m benchmarks                       # list them
     python -m benchmarks --all [--out-dir D]   # run each, JSON to D/NAME.json
+    python -m benchmarks --all --toy           # each at its toy size (seconds)
 
 ``make bench`` runs them all into ``_build/bench/`` (the committed results under
 ``figures/data/`` are left alone; copy a file there to update a chapter). Each
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--all", action="store_true", help="run every benchmark")
     parser.add_argument("--only", nargs="+", choices=names(), default=None)
     parser.add_argument("--out-dir", type=Path, default=Path("_build/bench"))
+    parser.add_argument("--toy", action="store_true", help="each at its toy size")
     args = parser.parse_args(argv)
     chosen = args.only or (names() if args.all else None)
     if chosen is None:
@@ -45,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in chosen:
         print(f"== {name}")
         module = importlib.import_module(f"benchmarks.{name}")
-        module.main(["--out", str(args.out_dir / f"{name}.json")])
+        toy = ["--toy"] if args.toy else []
+        module.main([*toy, "--out", str(args.out_dir / f"{name}.json")])
 
 
 if __name__ == "__main__":
