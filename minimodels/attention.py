@@ -2,44 +2,43 @@
 
 "Attention Is All You Need" (Vaswani et al., 2017, arXiv:1706.03762):
 
-    Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + B + M) V,
 
-with M = -inf above the diagonal when the attention is causal. Queries and keys may
-have different lengths; the causal mask is then aligned to the *end* of the keys
-(query i sees keys j <= i + n_k - n_q), as in FlashAttention-2 and KV-cache decoding.
-A query row that sees no key at all returns zeros.
+with B an optional additive bias (a relative-position bias, say) and M = -inf where
+a key is hidden. This module is the book's one attention core: every model
+(multi-head attention, block recurrence, the hierarchical and dilated models) calls
+``attention_naive`` (which builds the (n, m) score matrix) or ``attention_sdpa``
+(the same arguments through ``F.scaled_dot_product_attention``; tested equal).
 
-The ladder towards FlashAttention ("FlashAttention: Fast and Memory-Efficient Exact
-Attention with IO-Awareness", Dao, Fu, Ermon, Rudra, Re, 2022, arXiv:2205.14135;
-"FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning",
-Dao, 2023, arXiv:2307.08691), every rung with the signature of ``attention_naive``:
+What a query may see is the AND of three optional parts:
 
-- ``attention_tiled``: blocks of queries against blocks of keys, exact softmax in two
-  passes (pass 1: the row max m_i; pass 2: l_i = sum_j exp(s_ij - m_i) and
-  o_i = sum_j exp(s_ij - m_i) v_j / l_i).
-- ``attention_online_softmax``: one pass with a running max and sum (FA2, Alg. 1):
-  m' = max(m, rowmax(S_j)), l' = exp(m - m') l + rowsum(exp(S_j - m')),
-  acc' = exp(m - m') acc + exp(S_j - m') V_j, and at the end o = acc / l,
-  LSE = m + log l.
-- ``attention_backward``: the FA2 backward equations (Alg. 2) on whole matrices:
-  P = exp(S - LSE) is recomputed from the saved log-sum-exp, dV = P^T dO,
-  dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D), dQ = scale dS K,
-  dK = scale dS^T Q. It still builds P, dP and dS whole: (n, m) each.
-- ``attention_backward_tiled``: the same equations tile by tile, as Alg. 2 orders
-  them: an outer loop over key blocks keeps dK_j, dV_j, an inner loop over query
-  blocks recomputes P_ij and adds into dQ_i. It holds one (block_m, block_n) tile
-  of P, dP and dS at a time: memory O(n d + block_m block_n), not O(n m).
-- ``attention_flash_torch``: the online-softmax forward and the tiled backward as
-  one autograd Function that saves q, k, v, o and the LSE, nothing of size n x m.
+- ``causal=True``: query i sees keys j <= i + m - n. Queries and keys may have
+  different lengths; the mask is aligned to the *end* of the keys (the m - n extra
+  keys lie before the first query: a KV cache, or block recurrence's memories), as
+  in FlashAttention-2 and KV-cache decoding.
+- ``window=w``: the causal band of the last w keys, i + m - n - w < j <= i + m - n
+  (query i and the w - 1 keys before it). A window implies ``causal``.
+- ``mask``: a boolean tensor broadcast to (... h n m), True = may attend.
 
-Held besides inputs and outputs, per head: naive, S and P (n, m); tiled and
-online softmax, one tile and O(n) row statistics; ``attention_backward``, P, dP,
-dS (n, m); the tiled backward, one tile of each (measured in tests and chapter 5).
+A query row that sees no key at all returns zeros (not NaN) in both paths, with
+zero gradients: its scores are left unmasked, and its output is zeroed.
 
-Rotary position embeddings: "RoFormer" (Su et al., 2021, arXiv:2104.09864).
+Keys and values may have fewer heads than the queries (multi-query and grouped
+attention, Shazeer 2019, arXiv:1911.02150; Ainslie et al. 2023, arXiv:2305.13245):
+k, v with h_kv heads, h_kv dividing h, query head i reads key head i // (h / h_kv).
+Any leading batch axes are allowed: q (... h n d), so a model can attend every
+block of a sequence at once, (b t h w d), with a mask of shape (t 1 w m).
 
-Shapes: b batch, h heads, n query length, m key length, d head dim, c model dim,
-i/j a block of queries/keys.
+``local_attention`` is the causal sliding window in O(n w) memory: blocks of w
+queries attend to their own block and ``look_back`` blocks before it; its plain
+twin is ``attention_naive(..., window=look_back * w)``.
+
+Rotary position embeddings: "RoFormer" (Su et al., 2021, arXiv:2104.09864), at
+integer offsets or at any (float) positions. The FlashAttention ladder (tiles,
+online softmax, the FA2 backward) lives in ``minimodels.flash``.
+
+Shapes: b batch, h heads, k key/value heads, n query length, m key length,
+d head dim, c model dim, t blocks, w block width.
 """
 
 from __future__ import annotations
@@ -51,83 +50,228 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from minimodels._util import check, check_divides, check_ndim, check_positive, default
+from minimodels._util import (
+    check,
+    check_divides,
+    check_int,
+    check_ndim,
+    check_positive,
+    default,
+)
 
 __all__ = [
     "attention_naive",
     "attention_sdpa",
-    "attention_tiled",
-    "attention_online_softmax",
-    "online_softmax_forward",
-    "attention_backward",
-    "attention_backward_tiled",
-    "attention_flash_torch",
+    "local_attention",
     "causal_mask",
+    "split_heads",
+    "merge_heads",
     "MultiHeadAttention",
     "RotaryEmbedding",
 ]
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """The ladder's and the kernels' inputs: (b h n d), the same heads."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_ndim(name, t, 4, "b h n d")
+    _check_core(q, k, v)
+    check(
+        q.shape[:2] == k.shape[:2],
+        f"q, k, v must share batch and heads, got {tuple(q.shape)}, "
+        f"{tuple(k.shape)}, {tuple(v.shape)}",
+    )
+
+
+def _check_core(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check(t.ndim >= 4, f"{name} must have shape (b h n d), got {tuple(t.shape)}")
         check(
             t.is_floating_point(),
             f"{name} must be a floating-point tensor, got {t.dtype}",
         )
     check(
-        q.shape[:2] == k.shape[:2] == v.shape[:2],
-        f"q, k, v must share batch and heads, got {tuple(q.shape)}, "
+        q.shape[:-3] == k.shape[:-3] == v.shape[:-3] and k.shape[-3] == v.shape[-3],
+        f"q, k, v must share batch axes, k and v their heads, got {tuple(q.shape)}, "
         f"{tuple(k.shape)}, {tuple(v.shape)}",
     )
-    check(k.shape[2] == v.shape[2], "k and v must have the same length")
+    check_divides("k and v's heads", k.shape[-3], "q's heads", q.shape[-3])
+    check(k.shape[-2] == v.shape[-2], "k and v must have the same length")
     check(q.shape[-1] == k.shape[-1], "q and k must have the same head dim")
     check(q.dtype == k.dtype == v.dtype, "q, k, v must have the same dtype")
 
 
-def causal_mask(n: int, m: int, device: torch.device | None = None) -> Tensor:
-    """(n, m) boolean mask, True where query i may see key j (end-aligned)."""
-    i = torch.arange(n, device=device)[:, None]
+def causal_mask(
+    n: int, m: int, device: torch.device | None = None, *, window: int | None = None
+) -> Tensor:
+    """(n, m) boolean mask, True where query i may see key j: j <= i + m - n (the
+    end-aligned causal mask), and with a ``window`` also j > i + m - n - window."""
+    i = torch.arange(n, device=device)[:, None] + (m - n)
     j = torch.arange(m, device=device)[None, :]
-    return j <= i + (m - n)
+    if window is None:
+        return j <= i
+    return (j <= i) & (j > i - window)
+
+
+def _prepare(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    window: int | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Checks; k and v broadcast to q's heads; the visible mask (None: all keys)
+    and the rows that see no key (None when no row can be empty)."""
+    _check_core(q, k, v)
+    if mask is not None:
+        check(mask.dtype == torch.bool, f"mask must be boolean, got {mask.dtype}")
+    if bias is not None:
+        check(bias.is_floating_point(), f"bias must be floating, got {bias.dtype}")
+    h, h_kv = q.shape[-3], k.shape[-3]
+    if h_kv != h:  # query head i reads key/value head i // (h / h_kv)
+        k, v = (
+            t.unsqueeze(-3).expand(*t.shape[:-2], h // h_kv, *t.shape[-2:])
+            for t in (k, v)
+        )
+        k, v = k.flatten(-4, -3), v.flatten(-4, -3)
+    n, m = q.shape[-2], k.shape[-2]
+    visible = mask
+    if causal or window is not None:
+        if window is not None:
+            check_int(window=window)
+            check_positive(window=window)
+        band = causal_mask(n, m, q.device, window=window)
+        visible = band if mask is None else mask & band
+    empty = None
+    if visible is not None and (mask is not None or n > m):
+        empty = ~visible.any(-1, keepdim=True)  # rows that see no key
+        visible = visible | empty  # ... are computed unmasked, then zeroed
+    return k, v, visible, empty
 
 
 def attention_naive(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    window: int | None = None,
 ) -> Tensor:
     """Plain attention that materializes the (n, m) score matrix.
 
-    q: (b h n d), k and v: (b h m d) -> (b h n d).
+    q: (... h n d), k and v: (... k m d) -> (... h n d); mask and bias broadcast
+    to (... h n m).
     """
-    _check_qkv(q, k, v)
+    k, v, visible, empty = _prepare(q, k, v, causal, mask, bias, window)
     scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
-    s = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
-    if causal:
-        mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        s = s.masked_fill(~mask, float("-inf"))
+    s = torch.einsum("...hnd,...hmd->...hnm", q, k) * scale
+    if bias is not None:
+        s = s + bias
+    if visible is not None:
+        s = s.masked_fill(~visible, float("-inf"))
     low_precision = q.dtype in (torch.float16, torch.bfloat16)
     p = torch.softmax(s, dim=-1, dtype=torch.float32 if low_precision else None)
-    p = p.to(q.dtype)
-    if causal and q.shape[2] > k.shape[2]:
-        p = p.nan_to_num(0.0)  # rows with no visible key: softmax of all -inf
-    return torch.einsum("bhnm,bhmd->bhnd", p, v)
+    out = torch.einsum("...hnm,...hmd->...hnd", p.to(q.dtype), v)
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 def attention_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    window: int | None = None,
 ) -> Tensor:
     """The same attention through ``F.scaled_dot_product_attention`` (fused kernels).
 
-    SDPA's ``is_causal`` aligns the mask to the *start*; for n != m we pass our
-    end-aligned mask explicitly so both functions compute the same thing.
+    SDPA's ``is_causal`` aligns the mask to the *start*; for n != m, a window, a
+    mask or a bias we pass the mask (or the bias, -inf where hidden) explicitly.
     """
-    _check_qkv(q, k, v)
-    n, m = q.shape[2], k.shape[2]
-    if not causal or n == m:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    mask = causal_mask(n, m, q.device)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return out.masked_fill(~mask.any(-1)[:, None], 0.0)
+    plain = mask is None and bias is None and window is None
+    if plain and (not causal or q.shape[-2] == k.shape[-2]):
+        _check_core(q, k, v)
+        if k.shape[-3] == q.shape[-3]:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, scale=scale
+            )
+    k, v, visible, empty = _prepare(q, k, v, causal, mask, bias, window)
+    attn_mask = visible
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if visible is not None:
+            attn_mask = attn_mask.masked_fill(~visible, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+def _look_back(x: Tensor, look_back: int) -> Tensor:
+    """(... t h w d) -> (... t h (L+1)w d): each block after the L blocks before
+    it (zeros before the first block)."""
+    t = x.shape[-4]
+    shifted = [
+        F.pad(x[..., : max(t - i, 0), :, :, :], (0, 0, 0, 0, 0, 0, min(i, t), 0))
+        for i in range(look_back, 0, -1)
+    ]
+    return torch.cat((*shifted, x), dim=-2)
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    *,
+    look_back: int = 1,
+    fast: bool = True,
+) -> Tensor:
+    """Causal sliding-window attention in blocks: query i sees the L w keys
+    i - L w < j <= i (L = ``look_back``), computed as blocks of w queries against
+    their own block and the L before it, so memory is O(n (L+1) w), not O(n^2).
+
+    q, k, v: (... h n d) with k, v possibly fewer heads -> (... h n d). Equal to
+    ``attention_naive(q, k, v, window=look_back * window)`` (tested); ``fast``
+    picks SDPA or the naive core for the blocks.
+    """
+    _check_core(q, k, v)
+    check_int(window=window, look_back=look_back)
+    check_positive(window=window, look_back=look_back)
+    n, w = q.shape[-2], window
+    check(k.shape[-2] == n, f"local_attention needs n keys, got {k.shape[-2]} != {n}")
+    pad = (-n) % w
+    q, k, v = (
+        rearrange(F.pad(t, (0, 0, 0, pad)), "... h (t w) d -> ... t h w d", w=w)
+        for t in (q, k, v)
+    )
+    k, v = _look_back(k, look_back), _look_back(v, look_back)
+    blocks, span = q.shape[-4], (look_back + 1) * w
+    mask = causal_mask(w, span, q.device, window=look_back * w)  # (w, span)
+    first = torch.arange(span, device=q.device) // w - look_back  # key block - own
+    exists = torch.arange(blocks, device=q.device)[:, None] + first >= 0  # (t span)
+    mask = (mask & exists[:, None, :])[:, None]  # (t 1 w span)
+    attend = attention_sdpa if fast else attention_naive
+    out = attend(q, k, v, mask=mask)
+    return rearrange(out, "... t h w d -> ... h (t w) d")[..., :n, :]
+
+
+def split_heads(x: Tensor, heads: int, parts: int = 3) -> tuple[Tensor, ...]:
+    """(... n (parts h d)) -> ``parts`` tensors of (... h n d): a fused q, k, v
+    projection (parts=3), k and v (2), or one projection (1)."""
+    x = rearrange(x, "... n (t h d) -> t ... h n d", t=parts, h=heads)
+    return tuple(x.unbind(0))
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(... h n d) -> (... n (h d)), the inverse of one ``split_heads`` part."""
+    return rearrange(x, "... h n d -> ... n (h d)")
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -382,7 +526,8 @@ def attention_flash_torch(
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding: rotate pairs of channels by position * frequency."""
+    """Rotary position embedding: rotate channel pairs (x_{2i}, x_{2i+1}) by the
+    angle p theta_i, theta_i = base^(-2i/d), at position p."""
 
     inv_freq: Tensor
 
@@ -392,8 +537,18 @@ class RotaryEmbedding(nn.Module):
         inv_freq = base ** (-torch.arange(0, dim_head, 2).float() / dim_head)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:  # x: (b h n d)
-        pos = torch.arange(offset, offset + x.shape[-2], device=x.device)
+    def forward(self, x: Tensor, positions: int | Tensor = 0) -> Tensor:
+        """x: (... n d). ``positions``: an int offset (tokens at offset, offset + 1,
+        ...) or a tensor (n,) of positions, integer or float."""
+        if isinstance(positions, Tensor):
+            check_ndim("positions", positions, 1, "n")
+            check(
+                positions.shape[0] == x.shape[-2],
+                f"positions has {positions.shape[0]} entries for {x.shape[-2]} tokens",
+            )
+            pos = positions.to(x.device)
+        else:
+            pos = torch.arange(positions, positions + x.shape[-2], device=x.device)
         angles = pos[:, None].float() * self.inv_freq[None, :]  # (n d/2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -432,17 +587,15 @@ class MultiHeadAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.rotary = RotaryEmbedding(self.dim_head) if rotary else None
 
-    def _qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        qkv = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
-        q, k, v = qkv.unbind(0)
+    def _qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, ...]:
+        q, k, v = split_heads(self.to_qkv(x), self.heads)
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         attend = attention_sdpa if self.fast else attention_naive
-        out = attend(q, k, v, causal=self.causal)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.to_out(merge_heads(attend(q, k, v, causal=self.causal)))
 
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         check_ndim("x", x, 3, "b n c")

@@ -14,7 +14,10 @@ from minimodels.attention import (
     attention_sdpa,
     attention_tiled,
     causal_mask,
+    local_attention,
+    merge_heads,
     online_softmax_forward,
+    split_heads,
 )
 from minimodels.bench import peak_tensor_bytes
 from minimodels.testing import assert_causal, assert_same
@@ -291,3 +294,151 @@ def test_ladder_bad_input():
         attention_backward_tiled(q, q, k, v, q, q[..., 0], block_n=0)
     with pytest.raises(ValueError, match="block_m"):
         attention_flash_torch(q, k, v, block_m=-1)
+
+
+# --- The one core: mask, bias, window, fewer key/value heads, local attention ----
+
+
+def _core_inputs(n, m, heads=4, kv_heads=4, lead=(2,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(*lead, heads, n, 8, generator=g, dtype=torch.float64)
+    k, v = (
+        torch.randn(*lead, kv_heads, m, 8, generator=g, dtype=torch.float64)
+        for _ in "kv"
+    )
+    return q, k, v, g
+
+
+@pytest.mark.parametrize("n,m", [(6, 6), (4, 9), (9, 4)])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize(
+    "options",
+    [{"causal": True}, {"mask": True}, {"bias": True}, {"mask": True, "bias": True},
+     {"window": 3}, {"window": 2, "mask": True, "bias": True}],
+)  # fmt: skip
+def test_core_sdpa_equals_naive_with_mask_bias_window_kv(n, m, kv_heads, options):
+    q, k, v, g = _core_inputs(n, m, kv_heads=kv_heads)
+    kwargs = {"causal": options.get("causal", False), "window": options.get("window")}
+    if options.get("mask"):  # some rows see no key at all
+        kwargs["mask"] = torch.rand(1, 4, n, m, generator=g) > 0.6
+    if options.get("bias"):
+        kwargs["bias"] = torch.randn(4, n, m, generator=g, dtype=torch.float64)
+    assert_same(partial(attention_sdpa, **kwargs), partial(attention_naive, **kwargs),
+                (q, k, v))  # fmt: skip
+    out = attention_naive(q, k, v, **kwargs)
+    assert torch.isfinite(out).all()
+
+
+def test_core_pieces_match_the_formula():
+    q, k, v, g = _core_inputs(5, 7, heads=2, kv_heads=1, lead=(1,))
+    mask = torch.rand(5, 7, generator=g) > 0.3
+    mask[2] = False  # row 2 sees nothing
+    bias = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    out = attention_naive(q, k, v, mask=mask, bias=bias, scale=0.5)
+    for head in range(2):
+        s = q[0, head] @ k[0, 0].T * 0.5 + bias[head]
+        s = s.masked_fill(~mask, float("-inf"))
+        p = torch.softmax(s, -1).nan_to_num(0.0)  # row 2: 0, not NaN
+        torch.testing.assert_close(out[0, head], p @ v[0, 0])
+    assert out[0, :, 2].abs().max() == 0
+
+
+def test_window_semantics_by_hand():
+    # 3 queries, 5 keys (2 before the first query), window 2: query i is at key
+    # position i + 2 and sees that key and the one before it.
+    assert causal_mask(3, 5, window=2).int().tolist() == [
+        [0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
+    q, k, v, _ = _core_inputs(3, 5, heads=1, kv_heads=1, lead=(1,))
+    v = torch.arange(5.0, dtype=torch.float64)[None, None, :, None].expand(1, 1, 5, 8)
+    out = attention_naive(torch.zeros_like(q), k, v, window=2)  # equal weights
+    torch.testing.assert_close(out[0, 0, :, 0], torch.tensor([1.5, 2.5, 3.5]).double())
+    wide = attention_naive(q, k, v, window=5)  # a window past the start: causal
+    torch.testing.assert_close(wide, attention_naive(q, k, v, causal=True))
+
+
+def test_rows_without_keys_have_zero_gradients():
+    q, k, v, _ = _core_inputs(4, 3, lead=(1,))
+    for attend in (attention_naive, attention_sdpa):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        attend(*leaves, mask=torch.zeros(4, 3, dtype=torch.bool)).sum().backward()
+        assert all(t.grad is not None and t.grad.abs().max() == 0 for t in leaves)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 23])
+@pytest.mark.parametrize("window,look_back", [(4, 1), (5, 1), (3, 2), (4, 3)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_local_attention_equals_the_window(n, window, look_back, fast):
+    q, k, v, _ = _core_inputs(n, n, kv_heads=2)
+    assert_same(
+        partial(local_attention, window=window, look_back=look_back, fast=fast),
+        partial(attention_naive, window=look_back * window),
+        (q, k, v),
+    )
+
+
+def test_local_attention_is_causal():
+    q, k, v, _ = _core_inputs(12, 12)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 7, :] += 1.0
+    v2[..., 7, :] += 1.0
+    a, b = local_attention(q, k, v, 4), local_attention(q, k2, v2, 4)
+    torch.testing.assert_close(a[..., :7, :], b[..., :7, :])
+    assert not torch.allclose(a[..., 7:11, :], b[..., 7:11, :])
+    torch.testing.assert_close(a[..., 11:, :], b[..., 11:, :])  # out of the window
+
+
+def test_leading_batch_axes_broadcast_the_mask():
+    q, k, v, g = _core_inputs(4, 6, kv_heads=1, lead=(2, 3))  # (b t h n d)
+    mask = torch.rand(3, 1, 4, 6, generator=g) > 0.4  # one mask per block t
+    out = attention_sdpa(q, k, v, mask=mask)
+    for t in range(3):
+        ref = attention_naive(q[:, t], k[:, t], v[:, t], mask=mask[t])
+        torch.testing.assert_close(out[:, t], ref)
+
+
+def test_split_and_merge_heads():
+    x = torch.randn(2, 5, 3 * 4 * 8)
+    q, k, v = split_heads(x, 4)
+    assert q.shape == (2, 4, 5, 8)
+    torch.testing.assert_close(k[:, 1, :, 2], x[..., 32 + 8 + 2])  # (t h d) order
+    torch.testing.assert_close(merge_heads(v), x[..., 64:])
+    (one,) = split_heads(x, 12, parts=1)
+    torch.testing.assert_close(merge_heads(one), x)
+
+
+def test_rotary_at_positions_equals_offsets():
+    rotary = RotaryEmbedding(8).double()
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    at_offset = rotary(x, 4)
+    torch.testing.assert_close(rotary(x, torch.arange(4, 9)), at_offset)
+    torch.testing.assert_close(rotary(x, torch.arange(4.0, 9.0)), at_offset)
+    # today's formula, written out: pair i rotated by p * 10000^(-2i/8)
+    theta = 10_000.0 ** (-torch.arange(0, 8, 2).double() / 8)
+    angle = torch.arange(4.0, 9.0).double()[:, None] * theta
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack(
+        (x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()), -1
+    ).flatten(-2)
+    torch.testing.assert_close(at_offset, expected)
+    half = rotary(x, torch.arange(5) + 0.5)  # float positions: still relative
+    whole = rotary(x)
+    dot = (half[..., 0, :] * half[..., 3, :]).sum(-1)
+    torch.testing.assert_close(dot, (whole[..., 0, :] * whole[..., 3, :]).sum(-1))
+
+
+def test_core_bad_input_names_the_argument():
+    q, k, v, _ = _core_inputs(4, 4, heads=4, kv_heads=3)
+    with pytest.raises(ValueError, match="heads"):
+        attention_naive(q, k, v)
+    q, k, v, _ = _core_inputs(4, 4)
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        attention_sdpa(q, k, v, mask=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="window"):
+        attention_naive(q, k, v, window=0)
+    with pytest.raises(ValueError, match="look_back"):
+        local_attention(q, k, v, 2, look_back=0)
+    with pytest.raises(ValueError, match="positions"):
+        RotaryEmbedding(8)(q, torch.arange(3))
