@@ -58,7 +58,7 @@ from minimodels._util import (
     default,
 )
 from minimodels.attention import RotaryEmbedding
-from minimodels.lm import init_embedding
+from minimodels.lm import Shell
 
 __all__ = [
     "Branch",
@@ -80,6 +80,7 @@ __all__ = [
     "dilated_attention_reference",
     "DilatedAttention",
     "SwiGLU",
+    "ParallelBlock",
     "LongNetTransformer",
 ]
 
@@ -469,7 +470,7 @@ class SwiGLU(nn.Module):
         return self.proj_out(a * F.silu(gate))
 
 
-class _ParallelBlock(nn.Module):
+class ParallelBlock(nn.Module):
     """x + Attn(LN(x)) + FF(LN(x)): attention and feed-forward side by side."""
 
     def __init__(self, dim: int, attn: DilatedAttention, ff_mult: int) -> None:
@@ -481,44 +482,48 @@ class _ParallelBlock(nn.Module):
         return x + self.attn(y) + self.ff(y)
 
 
-class LongNetTransformer(nn.Module):
-    """The seed README's model: embedding, ``depth`` parallel blocks of dilated
-    attention and SwiGLU feed-forward, norm, head. ids (b n) -> logits (b n v)."""
+class LongNetTransformer(Shell):
+    """The seed README's model (the ``longnet`` package): embedding, ``depth``
+    parallel blocks of dilated attention and SwiGLU feed-forward, norm, head;
+    ``model(ids)`` -> logits (b n v), ``model.loss(ids, targets)``.
+
+    The seed describes its model as "dilated transformer blocks with
+    feedforwards with layernorm, SwiGLU and parallel transformer blocks": that
+    is why ``SwiGLU`` and ``ParallelBlock`` are here and not ``lm.Block``.
+    """
 
     def __init__(
         self,
         num_tokens: int,
         dim: int,
         depth: int,
-        dim_head: int = 64,
-        heads: int = 8,
-        ff_mult: int = 4,
         *,
+        heads: int = 8,
+        dim_head: int = 64,
+        ff_mult: int = 4,
         segment_lengths: Sequence[int] = (64, 128, 256),
         dilation_rates: Sequence[int] = (1, 2, 4),
         qk_norm: bool = False,
         causal: bool = True,
     ) -> None:
-        super().__init__()
         check_int(num_tokens=num_tokens, dim=dim, depth=depth)
         check_positive(num_tokens=num_tokens, dim=dim, depth=depth)
-        self.embed = nn.Embedding(num_tokens, dim)
-        attn = dict(
-            qk_norm=qk_norm, causal=causal, dim_head=dim_head,
-            segment_lengths=segment_lengths, dilation_rates=dilation_rates,
-        )  # fmt: skip
-        self.blocks = nn.ModuleList(
-            _ParallelBlock(dim, DilatedAttention(dim, heads, **attn), ff_mult)
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_tokens, bias=False)
-        init_embedding(self.embed)
+        super().__init__(num_tokens, dim)
 
-    def forward(self, tokens: Tensor) -> Tensor:  # tokens: (b n) -> (b n v)
-        check_ndim("tokens", tokens, 2, "b n")
-        check(tokens.shape[1] > 0, "tokens is an empty sequence (n = 0)")
-        x = self.embed(tokens)
+        def attention() -> DilatedAttention:
+            return DilatedAttention(
+                dim, heads, qk_norm=qk_norm, causal=causal, dim_head=dim_head,
+                segment_lengths=segment_lengths, dilation_rates=dilation_rates,
+            )  # fmt: skip
+
+        self.blocks = nn.ModuleList(
+            ParallelBlock(dim, attention(), ff_mult) for _ in range(depth)
+        )
+
+    def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
+        check_ndim("ids", ids, 2, "b n")
+        check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
+        x = self.embed(ids)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        return self.logits(x)

@@ -15,7 +15,7 @@ from minimodels.dilated import (
     effective_segment,
     reach,
 )
-from minimodels.lm import LM, mixer_factory
+from minimodels.lm import LM, Shell, mixer_factory
 from minimodels.testing import assert_causal, assert_same
 
 # (segment_lengths, dilation_rates, heads, n): single and mixed branches, n not a
@@ -213,6 +213,9 @@ def test_longnet_transformer_is_causal():
     ids = torch.randint(0, 100, (2, 30))
     assert model(ids).shape == (2, 30, 100)
     assert_causal(model, ids, positions=[0, 11, 29], atol=1e-5)
+    assert isinstance(model, Shell)  # the one loss protocol
+    want = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten())
+    torch.testing.assert_close(model.loss(ids, ids), want)
 
 
 README_1 = """
@@ -299,7 +302,7 @@ def test_bad_tensors_give_clear_errors():
     empty = torch.randn(1, 2, 0, 4)
     with pytest.raises(ValueError, match=r"empty \(n = 0\)"):
         dilated_attention(empty, empty, empty, (8,), (2,))
-    with pytest.raises(ValueError, match="tokens is an empty sequence"):
+    with pytest.raises(ValueError, match="ids is an empty sequence"):
         LongNetTransformer(10, 16, 1, dim_head=4, heads=4)(torch.zeros(1, 0).long())
 
 
