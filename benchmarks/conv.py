@@ -9,17 +9,18 @@ or ``fft_conv`` against causal attention at the same width.
 quadratic paths stop at ``--max-direct-log2``. ``--mode attention`` (the default on
 CUDA) times ``fft_conv`` on (b d n) against causal ``scaled_dot_product_attention``
 on (b h n d/h) queries, keys and values: the token-mixing step of a layer of width
-d, each without its projections. Both print a table with ratios measured in the
-same run and write JSON through ``minimodels.bench.save_json``; on an H100 the
-attention mode writes ``figures/data/conv_vs_attention_h100.json``, which chapter 1
-plots.
+d, each without its projections. At each length the functions are timed in
+turns (``bench.time_interleaved``, best of ``--repeats`` rounds). Both print a
+table with ratios measured in the same run and write JSON with provenance to
+``figures/data/conv_paths_TAG.json`` or ``conv_vs_attention_TAG.json``, TAG the
+device (``bench.device_tag``: cpu, h100, h200, ...); chapter 1 plots the H100's.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,13 +49,10 @@ def conv_path(name: str, *, radix: int | None = 32) -> Callable[..., torch.Tenso
     return fns.get(name, conv.fft_conv)
 
 
-def _time(fn: Callable[[], Any], args: argparse.Namespace) -> float | None:
-    try:
-        t = bench.time_fn(fn, repeats=args.repeats, device=args.device)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return None
-    return t["min_s"]
+def _seconds(
+    fns: dict[str, Callable[[], Any]], args: argparse.Namespace
+) -> dict[str, float | None]:
+    return bench.time_interleaved_or_oom(fns, rounds=args.repeats, device=args.device)
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -64,13 +62,12 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 def _paths_row(n: int, args: argparse.Namespace, g: torch.Generator) -> dict:
     u = torch.randn(args.batch, args.dim, n, generator=g).to(args.device)
     h = (torch.randn(args.dim, n, generator=g) / n**0.5).to(args.device)
-    seconds = {}
+    fns: dict[str, Callable[[], Any]] = {}
     for name in PATHS:
         if name in ("direct", "toeplitz") and n > 2**args.max_direct_log2:
-            seconds[name] = None  # quadratic: too slow (and Toeplitz too big) here
-            continue
-        fn = conv_path(name, radix=args.radix)
-        seconds[name] = _time(lambda fn=fn: fn(u, h), args)
+            continue  # quadratic: too slow (and Toeplitz too big) here
+        fns[name] = partial(conv_path(name, radix=args.radix), u, h)
+    seconds = dict.fromkeys(PATHS, None) | _seconds(fns, args)
     return {
         "n": n,
         "seconds": seconds,
@@ -99,7 +96,7 @@ def _attention_row(n: int, args: argparse.Namespace) -> dict:
     def attention_fn() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    seconds = {"fft_conv": _time(conv_fn, args), "attention": _time(attention_fn, args)}
+    seconds = _seconds({"fft_conv": conv_fn, "attention": attention_fn}, args)
     memory = {}
     if dev.type == "cuda":
         memory = {
@@ -149,19 +146,7 @@ def print_table(mode: str, rows: list[dict[str, Any]]) -> None:
         print("  ".join(x.rjust(w) for x, w in zip(line, widths)))
 
 
-def _default_out(args: argparse.Namespace) -> Path:
-    if args.mode == "paths":
-        return bench.figures_dir() / "data" / f"conv_paths_{args.device}.json"
-    tag = args.device
-    if tag == "cuda":
-        name = torch.cuda.get_device_name().lower()
-        tag = next((t for t in ("h100", "h200", "a100") if t in name), "cuda")
-    return bench.figures_dir() / "data" / f"conv_vs_attention_{tag}.json"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.conv", description=__doc__)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["paths", "attention"], default=None,
                    help="default: paths on CPU, attention on CUDA")  # fmt: skip
     p.add_argument("--min-log2", type=int, default=None, help="smallest n = 2^this")
@@ -174,10 +159,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--radix", type=int, default=32, help="largest Monarch factor")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="attention mode; default bfloat16 on CUDA")  # fmt: skip
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--out", type=Path, default=None, help="JSON path")
-    args = p.parse_args(argv)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+
+
+def defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The mode and sizes left unset: a GPU's or the CPU's."""
     cuda = args.device.startswith("cuda")
     args.mode = args.mode or ("attention" if cuda else "paths")
     attention = args.mode == "attention"
@@ -191,19 +177,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    run = run_paths if args.mode == "paths" else run_attention
-    rows = run(args)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    defaults(args)
+    rows = (run_paths if args.mode == "paths" else run_attention)(args)
     print_table(args.mode, rows)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out = args.out or _default_out(args)
-    data = {"mode": args.mode, "config": config, "rows": rows}
-    path = bench.save_json(data, out, device=args.device)
-    print(f"wrote {path}")
-    return rows
+    skip = ("out", "command")
+    config = {k: v for k, v in vars(args).items() if k not in skip}
+    return {"mode": args.mode, "config": config, "rows": rows}
+
+
+def _out(args: argparse.Namespace) -> str:
+    mode = args.mode or ("attention" if args.device.startswith("cuda") else "paths")
+    return (
+        "conv_paths_{tag}.json" if mode == "paths" else "conv_vs_attention_{tag}.json"
+    )
+
+
+BENCHMARK = bench.Benchmark(
+    name="conv",
+    doc=__doc__,
+    run=run,
+    out=_out,
+    add_arguments=add_arguments,
+    toy=["--min-log2", "4", "--max-log2", "5", "--repeats", "1"],
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)["rows"]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m benchmarks.h3                  # CPU, toy size (dim 32, n 64 .. 1024)
     python -m benchmarks.h3 --device cuda    # GPU: dim 768, n 1K .. 16K, bf16 autocast
 
-Each length runs one forward and backward of one mixer with its projections: an
+Each length times forward and backward of one mixer with its projections (the
+two in turns, median of ``--repeats`` rounds, ``bench.time_interleaved``): an
 ``H3`` (FFT convolutions, O(n log n)) and a ``MultiHeadAttention`` (SDPA, causal;
 FlashAttention on a GPU under bf16 autocast) of the same width. The batch holds
 ``--tokens`` tokens in all (batch = tokens // n, at least 1), so a flat line is
@@ -133,16 +134,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pair = make_pair(
             args.dim, heads=args.heads, head_dim=args.head_dim, d_state=args.d_state
         )
-        for name, module in pair.items():
-            module = module.to(args.device)
-            fn = fwd_bwd(module, batch, n, args.dim, args.device, args.autocast)
-            seconds = bench.median_or_oom(fn, device=args.device, repeats=args.repeats)
+        fns = {
+            name: fwd_bwd(module.to(args.device), batch, n, args.dim, args.device,
+                          args.autocast)
+            for name, module in pair.items()
+        }  # fmt: skip
+        times = bench.time_interleaved_or_oom(
+            fns, rounds=args.repeats, best=False, device=args.device
+        )  # the median of interleaved rounds: a busy spell slows both alike
+        for name, seconds in times.items():
             row[f"{name}_s"] = seconds
             row[f"{name}_tokens_per_s"] = batch * n / seconds if seconds else None
             if args.counts:
-                exact = counts(module.cpu(), batch, n, args.dim)
+                exact = counts(pair[name].cpu(), batch, n, args.dim)
                 row.update({f"{name}_{k}": v for k, v in exact.items()})
-            del module, fn
+        del pair, fns
         a, h = row["attention_s"], row["h3_s"]
         row["h3_over_attention"] = a / h if a and h else None  # throughput ratio
         rows.append(row)

@@ -42,6 +42,7 @@ __all__ = [
     "device_tag",
     "time_fn",
     "time_interleaved",
+    "time_interleaved_or_oom",
     "fwd_bwd",
     "median_or_oom",
     "peak_memory",
@@ -150,6 +151,40 @@ def time_interleaved(
             times[name].append(time.perf_counter() - start)
     reduce = min if best else statistics.median
     return {name: reduce(ts) for name, ts in times.items()}
+
+
+def time_interleaved_or_oom(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int = 3,
+    warmup: int = 1,
+    best: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, float | None]:
+    """``time_interleaved``, where a function that runs out of device memory
+    gets None (a row that does not fit is a result, not a crash): after an
+    out-of-memory error the functions are timed one by one."""
+
+    def timed(some: Mapping[str, Callable[[], Any]]) -> dict[str, float | None]:
+        return dict(
+            time_interleaved(
+                some, rounds=rounds, warmup=warmup, best=best, device=device
+            )
+        )
+
+    try:
+        return timed(fns)
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    out: dict[str, float | None] = {}
+    for name, fn in fns.items():
+        try:
+            out.update(timed({name: fn}))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            out[name] = None
+    return out
 
 
 def fwd_bwd(
