@@ -7,10 +7,13 @@ and fp16. SDPA runs with its flash backend and, where available, its cuDNN backe
 in the same run. FLOPs as in the paper: forward 4 N^2 d per head (halved when
 causal), backward 2.5x the forward (five N x N products against two). Our
 two-kernel backward does seven (chapter 5, step 5): its extra work is not
-credited, so it shows as lower TFLOP/s.
+credited, so it shows as lower TFLOP/s. At each configuration the providers
+are timed in turns (``bench.time_interleaved``, median of ``--repeats`` rounds).
 
-    python -m benchmarks.flash --out figures/data/flash_h100.json      # on a GPU
-    python -m benchmarks.flash --device cpu                            # toy, CPU
+    python -m benchmarks.flash      # on a GPU: figures/data/flash_TAG.json
+    python -m benchmarks.flash --device cpu --toy     # seconds, CPU interpreter
+
+TAG is the GPU (``bench.device_tag``: h100, h200, a100, ...), or cpu.
 """
 
 from __future__ import annotations
@@ -58,19 +61,38 @@ def _providers(device: str) -> dict[str, Callable[..., torch.Tensor]]:
     }
 
 
-def _time_mode(fn, q, k, v, causal, mode, device, repeats) -> float:
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    do = torch.randn_like(q)
+def _call(fn, q, k, v, causal: bool, mode: str) -> Callable[[], Any]:
+    """One provider's call in one mode: forward (no grad), backward of a kept
+    forward, or forward and backward (``bench.fwd_bwd``)."""
     if mode == "fwd":
-        with torch.no_grad():
-            call = lambda: fn(q, k, v, causal)  # noqa: E731
-            return bench.time_fn(call, device=device, repeats=repeats)["median_s"]
+
+        def forward() -> None:
+            with torch.no_grad():
+                fn(q, k, v, causal)
+
+        return forward
     if mode == "bwd":
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         out = fn(*leaves, causal)
-        call = lambda: out.backward(do, retain_graph=True)  # noqa: E731
-    else:
-        call = lambda: fn(*leaves, causal).backward(do)  # noqa: E731
-    return bench.time_fn(call, device=device, repeats=repeats)["median_s"]
+        do = torch.randn_like(out)
+        return lambda: out.backward(do, retain_graph=True)
+    return bench.fwd_bwd(lambda q, k, v: fn(q, k, v, causal), q, k, v)
+
+
+def _timed(calls: dict[str, Callable[[], Any]], device: str, repeats: int) -> dict:
+    """Median seconds of each call, in turns; a provider whose backend is not
+    available here (its first call raises) is skipped."""
+    ready = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except RuntimeError as err:  # backend not available
+            print(f"  {name}: skipped ({err})"[:120])
+            continue
+        ready[name] = call
+    return bench.time_interleaved(
+        ready, rounds=repeats, warmup=0, best=False, device=device
+    )
 
 
 def run(
@@ -95,16 +117,11 @@ def run(
                         torch.randn(batch, heads, n, d, generator=g).to(device, dtype)
                         for _ in range(3)
                     )
-                    for name, fn in providers.items():
-                        for mode in MODES:
-                            try:
-                                s = _time_mode(
-                                    fn, q, k, v, causal, mode, device, repeats
-                                )
-                            except RuntimeError as err:  # backend not available
-                                print(f"  {name} {mode}: skipped ({err})"[:120])
-                                continue
-                            flops = attention_flops(batch, heads, n, d, causal, mode)
+                    for mode in MODES:
+                        calls = {name: _call(fn, q, k, v, causal, mode)
+                                 for name, fn in providers.items()}  # fmt: skip
+                        flops = attention_flops(batch, heads, n, d, causal, mode)
+                        for name, s in _timed(calls, device, repeats).items():
                             rows.append(
                                 {"provider": name, "mode": mode,
                                  "dtype": str(dtype).removeprefix("torch."),
@@ -141,22 +158,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(line)  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    parser.add_argument("--dtypes", nargs="+", default=None, help="bfloat16 float16")
-    parser.add_argument("--head-dims", nargs="+", type=int, default=None)
-    parser.add_argument("--seq-lens", nargs="+", type=int, default=None)
-    parser.add_argument("--tokens", type=int, default=None, help="batch * N")
-    parser.add_argument("--hidden", type=int, default=None, help="heads * head dim")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)  # fmt: skip
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtypes", nargs="+", default=None, help="bfloat16 float16")
+    p.add_argument("--head-dims", nargs="+", type=int, default=None)
+    p.add_argument("--seq-lens", nargs="+", type=int, default=None)
+    p.add_argument("--tokens", type=int, default=None, help="batch * N")
+    p.add_argument("--hidden", type=int, default=None, help="heads * head dim")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds")
+
+
+def run_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     gpu = args.device != "cpu"
-    if not gpu:
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
     dtypes = args.dtypes or (["bfloat16", "float16"] if gpu else ["float32"])
     rows = run(
         device=args.device,
@@ -168,11 +180,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         repeats=args.repeats or (10 if gpu else 1),
     )  # fmt: skip
     print_table(rows)
-    name = "flash_h100.json" if gpu else "flash_cpu.json"
-    out = Path(args.out) if args.out else bench.figures_dir() / "data" / name
-    bench.save_json(rows, out, device=args.device)
-    print(f"wrote {out}")
-    return out
+    return rows
+
+
+BENCHMARK = bench.Benchmark(
+    name="flash",
+    doc=__doc__,
+    run=run_args,
+    out="flash_{tag}.json",
+    add_arguments=add_arguments,
+    toy=["--seq-lens", "32", "--tokens", "32", "--hidden", "32", "--repeats", "1"],
+    device="auto",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the benchmark; returns the path of the JSON it wrote."""
+    args = BENCHMARK.parse(argv)
+    BENCHMARK.call(args)
+    return args.out
 
 
 if __name__ == "__main__":

@@ -188,32 +188,35 @@ def time_interleaved_or_oom(
 
 
 def fwd_bwd(
-    module: Callable[[Tensor], Tensor],
-    x: Tensor,
-    *,
+    module: Callable[..., Tensor],
+    *inputs: Tensor,
     autocast: torch.dtype | None = None,
 ) -> Callable[[], None]:
-    """A closure running ``module(x)`` forward and backward once.
+    """A closure running ``module(*inputs)`` forward and backward once.
 
     The output's gradient is a fixed random tensor (drawn at the first call,
     seeded), so every output element takes part, as in training. Gradients are
-    cleared before each call; a floating ``x`` gets its own gradient too.
-    ``autocast`` runs the forward under ``torch.autocast`` in that dtype."""
-    if x.is_floating_point():
-        x = x.detach().requires_grad_()
+    cleared before each call; floating inputs get their own gradients too
+    (integer ones, token ids, take none). ``autocast`` runs the forward under
+    ``torch.autocast`` in that dtype."""
+    check(len(inputs) > 0, "fwd_bwd needs at least one input")
+    leaves = [x.detach().requires_grad_() if x.is_floating_point() else x
+              for x in inputs]  # fmt: skip
     grad: list[Tensor] = []
 
     def run() -> None:
         if isinstance(module, nn.Module):
             module.zero_grad(set_to_none=True)
-        x.grad = None
+        for x in leaves:
+            x.grad = None
+        device = leaves[0].device.type
         ctx = (
-            torch.autocast(x.device.type, dtype=autocast)
+            torch.autocast(device, dtype=autocast)
             if autocast is not None
             else contextlib.nullcontext()
         )
         with ctx:
-            y = module(x)
+            y = module(*leaves)
         if not grad:
             g = torch.Generator(device="cpu").manual_seed(0)
             grad.append(torch.randn(y.shape, generator=g).to(y.device, y.dtype))
@@ -394,8 +397,9 @@ class Benchmark:
     JSON path; default ``figures/data/`` + ``out`` with ``{tag}`` replaced by
     ``device_tag(args.device)``), ``--toy`` (the arguments ``toy`` first, so
     the run takes seconds; explicit arguments still win), ``--device`` (unless
-    ``device`` is None: a CPU-only grid), ``--processes`` for a ``grid`` and
-    ``--plot PATH`` when there is a ``plot``. ``add_arguments`` adds the rest.
+    ``device`` is None: a CPU-only grid; ``"auto"``: the GPU if there is one),
+    ``--processes`` for a ``grid`` and ``--plot PATH`` when there is a
+    ``plot``. ``add_arguments`` adds the rest.
 
     ``main(argv)`` parses, sets the threads, calls ``run(args)`` and, unless
     ``grid`` (whose rows ``experiments.run_grid`` writes, given
@@ -410,7 +414,7 @@ class Benchmark:
     add_arguments: Arguments | None = None
     toy: Sequence[str] = ()
     grid: bool = False
-    device: str | None = "cpu"  # the default --device
+    device: str | None = "cpu"  # the default --device; "auto": cuda if available
     plot: Callable[[Any, Path], None] | None = None
 
     def parser(self) -> argparse.ArgumentParser:
@@ -420,7 +424,10 @@ class Benchmark:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if self.device is not None:
-            p.add_argument("--device", default=self.device, help="cpu, cuda, ...")
+            device = self.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            p.add_argument("--device", default=device, help="cpu, cuda, ...")
         p.add_argument("--threads", type=int, default=1, help="CPU threads")
         p.add_argument("--out", type=Path, default=None, help="JSON path")
         toy = shlex.join(self.toy) or "the defaults"
@@ -450,7 +457,12 @@ class Benchmark:
         return args
 
     def main(self, argv: Sequence[str] | None = None) -> Any:
-        args = self.parse(argv)
+        """Parse ``argv`` (default: the command line) and ``call`` the result."""
+        return self.call(self.parse(argv))
+
+    def call(self, args: argparse.Namespace) -> Any:
+        """Set the threads, run, save (unless a grid) and plot; returns what
+        ``run`` returned."""
         torch.set_num_threads(args.threads)
         result = self.run(args)
         if not self.grid:
