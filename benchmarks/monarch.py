@@ -27,6 +27,7 @@ training (0 for ``fft``). Rows and provenance go to ``figures/data/monarch.json`
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from collections.abc import Sequence
 from functools import cache, partial
@@ -123,14 +124,17 @@ def _draw(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     return random_windows(corpus().train, batch_size, N, g)
 
 
-def score(model: nn.Module, cell: dict[str, Any]) -> dict[str, float]:
-    """Train ``model`` at the cell's lr, seed and steps; bits per byte held out.
+def score(
+    model: nn.Module, cell: dict[str, Any], *, batch: int = BATCH
+) -> dict[str, float]:
+    """Train ``model`` at the cell's lr, seed and steps, ``batch`` windows a
+    step; bits per byte held out.
 
     Shared by this grid and ``benchmarks.h3_hybrid``.
     """
     split, steps = held_out(), cell["steps"]
     config = TrainConfig(
-        steps=steps, batch_size=BATCH, lr=cell["lr"], warmup=min(20, steps),
+        steps=steps, batch_size=batch, lr=cell["lr"], warmup=min(20, steps),
         eval_every=steps, seed=cell["seed"], progress=False,
     )  # fmt: skip
     val_bits = train(model, _draw, split["val"], config).final_bits
@@ -147,18 +151,32 @@ def run_cell(cell: dict[str, Any]) -> dict[str, float]:
     return {**score(model, cell), "transform_change": transform_change(model)}
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+def grid_main(
+    argv: Sequence[str] | None,
+    name: str,
+    contenders: Sequence[str],
+    lrs: Sequence[float],
+) -> list[dict[str, Any]]:
+    """The command line of this grid and of ``benchmarks.h3_hybrid``: every
+    (contender, lr, seed) cell of ``benchmarks.<name>.run_cell``, into
+    ``figures/data/<name>.json``."""
+    module = importlib.import_module(f"benchmarks.{name}")  # not __main__
+    parser = argparse.ArgumentParser(description=(module.__doc__ or name).splitlines()[0])
+    parser.add_argument("--contenders", nargs="+", default=list(contenders))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(lrs))
     parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--out", default="figures/data/monarch.json")
+    parser.add_argument("--out", default=f"figures/data/{name}.json")
     args = parser.parse_args(argv)
+    grid = cells(args.contenders, args.seeds, args.lrs, steps=args.steps)
     return experiments.run_grid(
-        run_cell, cells(args.contenders, args.seeds, args.lrs, steps=args.steps),
-        out=args.out, command="python -m benchmarks.monarch", description="monarch",
+        module.run_cell, grid, out=args.out, command=f"python -m benchmarks.{name}",
+        description=name,
     )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return grid_main(argv, "monarch", CONTENDERS, [1e-3, 3e-3, 1e-2])
 
 
 if __name__ == "__main__":

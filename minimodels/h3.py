@@ -63,7 +63,7 @@ __all__ = [
 
 REAL_DTYPES = (torch.float32, torch.float64)
 ShiftState = Tensor  # (b c m): the last m inputs, newest first
-H3State = tuple[Tensor, object]  # (shift state, S4D state)
+H3State = tuple[Tensor, Tensor]  # (shift state, S4D state)
 
 
 class ShiftSSM(nn.Module):
