@@ -8,8 +8,11 @@ to the kernel's largest (n = 2048). Besides the times it stores the exact bytes
 each convolution moves (``unfused_bytes``, ``fused_bytes``), which chapter 1
 checks against counts taken operator by operator and load by load.
 
-    python -m benchmarks.fftconv --device cuda         # figures/data/fftconv_gpu.json
-    python -m benchmarks.fftconv --device cpu          # toy size, interpreter
+    python -m benchmarks.fftconv --device cuda   # figures/data/fftconv_<gpu>.json
+    python -m benchmarks.fftconv --toy           # seconds, CPU, interpreter
+
+On a GPU: d = 768 channels (12 heads of 64 for attention), batch * n = 16K
+tokens, fp16 signals (the kernels compute in fp32), n = 256..2048.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import argparse
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +33,7 @@ from tqdm import tqdm
 from minimodels import bench, conv
 
 MODES = ("fwd", "fwd+bwd")
-GPU_SEQ_LENS = [256, 512, 1024, 2048]
+GPU_LENGTHS = [256, 512, 1024, 2048]  # up to the kernel's largest
 
 
 # --- bytes moved, counted and by formula -----------------------------------------
@@ -99,7 +101,7 @@ def fused_bytes(
 # --- timing ---------------------------------------------------------------------
 
 
-def _providers(device: str) -> dict[str, Callable[..., Tensor]]:
+def _convolutions(device: str) -> dict[str, Callable[..., Tensor]]:
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels exist
     from minimodels.kernels import fftconv
@@ -117,93 +119,94 @@ def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _time(fn: Callable[..., Tensor], inputs: list[Tensor], mode: str, device: str,
-          repeats: int) -> float | None:  # fmt: skip
+def _call(fn: Callable[..., Tensor], inputs: list[Tensor], mode: str):  # noqa: ANN202
+    """A closure: fn(*inputs) without autograd, or forward and backward."""
     if mode == "fwd":
-        with torch.no_grad():
-            return bench.median_or_oom(
-                lambda: fn(*inputs), device=device, repeats=repeats
-            )
+
+        def forward() -> None:
+            with torch.no_grad():
+                fn(*inputs)
+
+        return forward
     leaves = [t.detach().requires_grad_() for t in inputs]
     probe = torch.randn_like(fn(*inputs))
-    return bench.median_or_oom(
-        lambda: fn(*leaves).backward(probe), device=device, repeats=repeats
+    return lambda: fn(*leaves).backward(probe)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    dtype = getattr(torch, args.dtype or ("float16" if cuda else "float32"))
+    dim, tokens = (
+        args.dim or (768 if cuda else 4),
+        args.tokens or (16384 if cuda else 64),
     )
-
-
-def run(
-    *, device: str, dtype: torch.dtype, dim: int, heads: int, tokens: int,
-    seq_lens: Sequence[int], repeats: int,
-) -> list[dict[str, Any]]:  # fmt: skip
+    heads = args.heads or max(1, dim // 64)
     rows = []
-    providers = _providers(device)
-    for n in tqdm(list(seq_lens), desc="fftconv"):
+    convolutions = _convolutions(args.device)
+    for n in tqdm(args.lengths or (GPU_LENGTHS if cuda else [16, 32]), "fftconv"):
         b = max(1, tokens // n)
         g = torch.Generator().manual_seed(n)
-        u = torch.randn(b, dim, n, generator=g).to(device, dtype)
-        h = (torch.randn(dim, n, generator=g) / n**0.5).to(device)
-        D = torch.randn(dim, generator=g).to(device)
+        conv_inputs = [
+            torch.randn(b, dim, n, generator=g).to(args.device, dtype),
+            (torch.randn(dim, n, generator=g) / n**0.5).to(args.device),
+            torch.randn(dim, generator=g).to(args.device),
+        ]
         qkv = [
-            torch.randn(b, heads, n, dim // heads, generator=g).to(device, dtype)
+            torch.randn(b, heads, n, dim // heads, generator=g).to(args.device, dtype)
             for _ in range(3)
         ]
-        seconds = {}
+        row: dict[str, Any] = {"n": n, "batch": b, "seconds": {}}
         for mode in MODES:
-            for name, fn in providers.items():
-                seconds[f"{name} {mode}"] = _time(fn, [u, h, D], mode, device, repeats)
-            seconds[f"attention {mode}"] = _time(_attention, qkv, mode, device, repeats)
-        rows.append({
-            "n": n, "batch": b, "dim": dim, "heads": heads,
-            "dtype": str(dtype).removeprefix("torch."), "seconds": seconds,
-            "unfused_bytes": unfused_bytes(b, dim, n, n, dtype),
-            "fused_bytes": fused_bytes(b, dim, n, dtype, rows_per_program=4,
-                                       skip=True),
-        })  # fmt: skip
-    return rows
+            fns = {f"{name} {mode}": _call(fn, conv_inputs, mode)
+                   for name, fn in convolutions.items()}  # fmt: skip
+            fns[f"attention {mode}"] = _call(_attention, qkv, mode)
+            row["seconds"].update(
+                bench.time_interleaved_or_oom(
+                    fns, rounds=args.repeats, best=False, device=args.device
+                )
+            )
+        row["unfused_bytes"] = unfused_bytes(b, dim, n, n, dtype)
+        row["fused_bytes"] = fused_bytes(
+            b, dim, n, dtype, rows_per_program=4, skip=True
+        )
+        rows.append(row)
+    print_table(rows)
+    return {"rows": rows, "dim": dim, "heads": heads, "tokens": tokens,
+            "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     names = list(rows[0]["seconds"])
-    print(f"{'n':>6}{'batch':>6}", "".join(f"{k:>22}" for k in names), "ms")
+    print(f"{'n':>6}{'batch':>6}", "".join(f"{k:>20}" for k in names), "(ms)")
     for r in rows:
         cells = "".join(
-            f"{s * 1e3:22.3f}" if s is not None else f"{'oom':>22}"
+            f"{s * 1e3:20.3f}" if s is not None else f"{'oom':>20}"
             for s in r["seconds"].values()
         )
         print(f"{r['n']:>6}{r['batch']:>6}{cells}")
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    parser.add_argument("--dtype", default=None, help="float32, float16, bfloat16")
-    parser.add_argument("--dim", type=int, default=None)
-    parser.add_argument("--heads", type=int, default=None)
-    parser.add_argument("--tokens", type=int, default=None, help="batch * n")
-    parser.add_argument("--seq-lens", nargs="+", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    gpu = args.device != "cpu"
-    if not gpu:
-        torch.set_num_threads(1)
-    rows = run(
-        device=args.device,
-        dtype=getattr(torch, args.dtype or ("float16" if gpu else "float32")),
-        dim=args.dim or (768 if gpu else 4),
-        heads=args.heads or (12 if gpu else 1),
-        tokens=args.tokens or (16384 if gpu else 64),
-        seq_lens=args.seq_lens or (GPU_SEQ_LENS if gpu else [16, 32]),
-        repeats=args.repeats or (10 if gpu else 1),
-    )
-    print_table(rows)
-    name = "fftconv_gpu.json" if gpu else "fftconv_cpu.json"
-    out = Path(args.out) if args.out else bench.figures_dir() / "data" / name
-    bench.save_json(rows, out, device=args.device)
-    print(f"wrote {out}")
-    return out
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="float16 on cuda, else float32")
+    p.add_argument("--dim", type=int, default=None, help="768 on cuda, else 4")
+    p.add_argument("--heads", type=int, default=None, help="attention heads")
+    p.add_argument("--tokens", type=int, default=None, help="batch * n: 16384 on cuda")
+    p.add_argument("--lengths", nargs="+", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=10, help="interleaved rounds")
+
+
+BENCHMARK = bench.Benchmark(
+    name="fftconv",
+    doc=__doc__,
+    run=run,
+    out="fftconv_{tag}.json",
+    add_arguments=add_arguments,
+    toy=["--dim", "2", "--tokens", "32", "--lengths", "16", "--repeats", "1"],
+)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

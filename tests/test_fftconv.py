@@ -2,6 +2,8 @@
 ``minimodels.conv.fft_conv``. On CPU the kernels run in the Triton interpreter
 (tests/conftest.py sets TRITON_INTERPRET=1 before they are defined), in fp32."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -150,10 +152,10 @@ def test_bytes_counted_equal_the_formulas():
     for dtype in (torch.float32, torch.float16):
         for b, d, n, k in [(2, 3, 10, 10), (5, 2, 129, 40)]:
             u, h, D = _inputs((b, d, n), k, dtype=dtype)
-            ops = bench_fftconv.torch_bytes(lambda: conv.fft_conv(u, h, D))
+            ops = bench_fftconv.torch_bytes(partial(conv.fft_conv, u, h, D))
             moved = sum(r + w for _, r, w in ops)
             assert moved == bench_fftconv.unfused_bytes(b, d, n, k, dtype)
-            io = fftconv.interpreter_io(lambda: fftconv.fft_conv(u, h, D))
+            io = fftconv.interpreter_io(partial(fftconv.fft_conv, u, h, D))
             formula = bench_fftconv.fused_bytes(
                 b, d, n, dtype, rows_per_program=fftconv.ROWS_PER_PROGRAM, skip=True
             )
@@ -161,11 +163,11 @@ def test_bytes_counted_equal_the_formulas():
 
 
 def test_benchmark_toy_size(tmp_path):
-    out = bench_fftconv.main(
-        ["--device", DEVICE, "--dim", "2", "--tokens", "32", "--seq-lens", "16",
-         "--repeats", "1", "--out", str(tmp_path / "fftconv.json")]
-    )  # fmt: skip
-    rows = bench.load_json(out)["results"]
+    out = tmp_path / "fftconv.json"
+    bench_fftconv.main(["--toy", "--device", DEVICE, "--out", str(out)])
+    data = bench.load_json(out)
+    assert data["environment"]["command"].startswith("python -m benchmarks.fftconv")
+    rows = data["results"]["rows"]
     assert [r["n"] for r in rows] == [16]
     for mode in bench_fftconv.MODES:
         for name in ("fused", "torch.fft", "attention"):
