@@ -7,10 +7,13 @@ ours flat (hierarchies 1, the reference of the ratios), and, if the PyPI package
 ``simple_hierarchical_transformer`` can be imported (e.g. installed with
 ``pip install --target DIR simple-hierarchical-transformer`` and ``--sht-path
 DIR``), the package with the same configuration and its extra losses off.
-Memory: bytes autograd saves for backward (exact) and the peak-RSS growth of
-``bench.peak_memory`` (coarse on CPU).
+The models are timed in turns, mode by mode (``bench.time_interleaved``, best
+of ``--repeats`` rounds). Memory: bytes autograd saves for backward (exact) and
+``bench.peak_memory`` (on CPU the bytes of live tensors, exact).
 
-    python -m benchmarks.hierarchical --out figures/data/hierarchical_cpu.json
+    python -m benchmarks.hierarchical      # figures/data/hierarchical_TAG.json
+
+TAG is the device (``bench.device_tag``: cpu, h100, h200, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -107,43 +110,48 @@ def _forward(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
     return forward
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--num-tokens", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--sht-path", default=None, help="folder holding the package")
-    parser.add_argument("--out", default="figures/data/hierarchical_cpu.json")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--num-tokens", type=int, default=256)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--sht-path", default=None, help="folder holding the package")
+
+
+MODES = {"train step": _train_step, "forward": _forward}
+
+
+def measure(
+    models: dict[str, nn.Module], ids: torch.Tensor, args: argparse.Namespace
+) -> list[dict]:
+    """Rows of (model, mode): best seconds of interleaved rounds, tokens/s, peak
+    bytes, and for a training step the bytes saved for backward."""
+    rows = []
+    for mode, make in MODES.items():
+        x = ids if mode == "train step" else ids[:, :-1]
+        fns = {name: make(model, x) for name, model in models.items()}
+        seconds = bench.time_interleaved(fns, rounds=args.repeats, device=args.device)
+        for name, model in models.items():
+            row = {
+                "model": name, "mode": mode, "parameters": count_parameters(model),
+                "tokens_per_s": args.batch * args.seq_len / seconds[name],
+                "min_s": seconds[name],
+                "peak_bytes": bench.peak_memory(fns[name], device=args.device),
+            }  # fmt: skip
+            if mode == "train step":
+                row["activation_bytes"] = activation_bytes(model, ids)
+            rows.append(row)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     models = _models(args)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.num_tokens, (args.batch, args.seq_len + 1), generator=g)
-    ids = ids.to(args.device)
-    tokens = args.batch * args.seq_len
-    rows = []
-    for name, model in models.items():
-        for mode, make in (("train step", _train_step), ("forward", _forward)):
-            fn = make(model, ids if mode == "train step" else ids[:, :-1])
-            m = bench.measure(fn, device=args.device, repeats=args.repeats)
-            if mode == "train step":
-                m["activation_bytes"] = activation_bytes(model, ids)
-            rows.append(
-                {
-                    "model": name,
-                    "mode": mode,
-                    "parameters": count_parameters(model),
-                    "tokens_per_s": tokens / m["min_s"],
-                    **m,
-                }
-            )
+    rows = measure(models, ids.to(args.device), args)
     ref = {r["mode"]: r for r in rows if r["model"] == "ours flat"}
     head = ("model", "mode", "params", "tok/s", "x flat", "act MiB")
     print("{:>18} {:>10} {:>9} {:>9} {:>6} {:>7}".format(*head))
@@ -154,13 +162,36 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{r['model']:>18} {r['mode']:>10} {r['parameters']:>9,} "
             f"{r['tokens_per_s']:>9.0f} {ratio:>6.2f} {mib:>7.1f}"
         )
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "sht_path")}
-    bench.save_json(
-        {"config": config, "rows": rows, "package": "package (1, 2, 8)" in models},
-        args.out,
-        device=args.device,
-    )
-    return rows
+    skip = ("out", "command", "sht_path")
+    config = {k: v for k, v in vars(args).items() if k not in skip}
+    return {"config": config, "rows": rows, "package": "package (1, 2, 8)" in models}
+
+
+BENCHMARK = bench.Benchmark(
+    name="hierarchical",
+    doc=__doc__,
+    run=run,
+    out="hierarchical_{tag}.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--dim",
+        "16",
+        "--heads",
+        "2",
+        "--depth",
+        "1",
+        "--seq-len",
+        "32",
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+    ],  # fmt: skip
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)["rows"]
 
 
 if __name__ == "__main__":
