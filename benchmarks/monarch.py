@@ -156,16 +156,18 @@ def grid_main(
     name: str,
     contenders: Sequence[str],
     lrs: Sequence[float],
+    steps: int = STEPS,
 ) -> list[dict[str, Any]]:
     """The command line of this grid and of ``benchmarks.h3_hybrid``: every
     (contender, lr, seed) cell of ``benchmarks.<name>.run_cell``, into
     ``figures/data/<name>.json``."""
     module = importlib.import_module(f"benchmarks.{name}")  # not __main__
-    parser = argparse.ArgumentParser(description=(module.__doc__ or name).splitlines()[0])
+    title = (module.__doc__ or name).splitlines()[0]
+    parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--contenders", nargs="+", default=list(contenders))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=list(lrs))
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--out", default=f"figures/data/{name}.json")
     args = parser.parse_args(argv)
     grid = cells(args.contenders, args.seeds, args.lrs, steps=args.steps)
