@@ -7,7 +7,8 @@ windows. The held-out bytes are cut in two: the first half gives the validation
 windows that choose the learning rate, the second half the test windows that
 score it (non-overlapping, every window scored). Each cell is one (seed, lr).
 
-    python -m benchmarks.dilated_lm --out figures/data/dilated_lm.json
+    python -m benchmarks.dilated_lm          # -> figures/data/dilated_lm.json
+    python -m benchmarks.dilated_lm --toy    # seconds, for the tests
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from minimodels import experiments
+from minimodels import bench, experiments
 from minimodels.data import random_windows, stdlib_corpus
 from minimodels.lm import LM, mixer_factory
 from minimodels.train import TrainConfig, evaluate, train
@@ -89,19 +90,34 @@ def cells(seeds: Sequence[int], lrs: Sequence[float], **fixed: Any) -> list[dict
     return [{"seed": s, "lr": lr, **fixed} for lr in lrs for s in seeds]
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--out", default="figures/data/dilated_lm.json")
-    args = parser.parse_args(argv)
-    fixed = {"steps": args.steps, "dim": args.dim}
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--dim", type=int, default=64)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    grid = cells(args.seeds, args.lrs, steps=args.steps, dim=args.dim)
     return experiments.run_grid(
-        run_cell, cells(args.seeds, args.lrs, **fixed), out=args.out,
-        command="python -m benchmarks.dilated_lm", description="dilated LM",
-    )  # fmt: skip
+        run_cell, grid, description="dilated LM", **bench.grid_options(args)
+    )
+
+
+BENCHMARK = bench.Benchmark(
+    name="dilated_lm",
+    doc=__doc__,
+    run=run,
+    out="dilated_lm.json",
+    add_arguments=add_arguments,
+    toy=["--seeds", "0", "--lrs", "3e-3", "--steps", "2", "--dim", "16"],
+    grid=True,
+    device=None,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,22 @@ The corpus is ``stdlib_corpus(1_000_000)``; its held-out bytes are cut in two:
 validation windows choose each contender's learning rate, test windows (disjoint)
 score it, bits per byte over every byte of 32 non-overlapping windows each.
 
-    python -m benchmarks.hierarchical_lm --out figures/data/hierarchical_lm.json
+    python -m benchmarks.hierarchical_lm       # -> figures/data/hierarchical_lm.json
+    python -m benchmarks.hierarchical_lm --toy # seconds, for the tests
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from minimodels import experiments
+from minimodels import bench, experiments
 from minimodels.data import random_windows, stdlib_corpus
 from minimodels.hierarchical import HierarchicalTransformer, Hourglass
 from minimodels.lm import count_parameters
@@ -68,7 +69,9 @@ def hierarchical(dim: Any, heads: Any = 4, **config: Any) -> HierarchicalTransfo
     )  # fmt: skip
 
 
-SHAPES = {  # per contender: (byte width, compressed width) -> dims, and the rest
+# per contender: (compressed width -> the widths of the streams, the rest)
+Shape = tuple[Callable[[int], tuple[int, ...]], dict[str, Any]]
+SHAPES: dict[str, Shape] = {
     "(1, 2)": (lambda d: (48, d), dict(heads=(2, 4), hierarchies=(1, 2),
                hierarchical_stride=(1, 2), window_sizes=(64, None))),
     "(1, 2, 8)": (lambda d: (48, d, d), dict(heads=(2, 4, 4), hierarchies=(1, 2, 8),
@@ -135,19 +138,44 @@ def cells(
     ]  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contenders", nargs="+", default=[*LEAK, *EQUAL])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
-    parser.add_argument("--steps", type=int, default=None, help="toy runs only")
-    parser.add_argument("--out", default="figures/data/hierarchical_lm.json")
-    args = parser.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--contenders", nargs="+", default=[*LEAK, *EQUAL])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
+    p.add_argument("--steps", type=int, default=None, help="toy runs only")
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     fixed = {} if args.steps is None else {"steps": args.steps}
+    grid = cells(args.contenders, args.seeds, args.lrs, **fixed)
     return experiments.run_grid(
-        run_cell, cells(args.contenders, args.seeds, args.lrs, **fixed), out=args.out,
-        command="python -m benchmarks.hierarchical_lm", description="hierarchical",
-    )  # fmt: skip
+        run_cell, grid, description="hierarchical", **bench.grid_options(args)
+    )
+
+
+BENCHMARK = bench.Benchmark(
+    name="hierarchical_lm",
+    doc=__doc__,
+    run=run,
+    out="hierarchical_lm.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--contenders",
+        "hourglass shifted",
+        "--seeds",
+        "0",
+        "--lrs",
+        "3e-3",
+        "--steps",
+        "1",
+    ],  # fmt: skip
+    grid=True,
+    device=None,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
