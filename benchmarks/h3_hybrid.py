@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.monarch import grid_main, score
+from benchmarks.monarch import grid, score
 from minimodels._util import check
 from minimodels.lm import LM, MixerFactory, count_parameters, mixer_factory
 
@@ -83,8 +83,11 @@ def run_cell(cell: dict[str, Any]) -> dict[str, float]:
     }
 
 
+BENCHMARK = grid("h3_hybrid", CONTENDERS, [3e-3, 1e-2], STEPS)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return grid_main(argv, "h3_hybrid", CONTENDERS, [3e-3, 1e-2], STEPS)
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

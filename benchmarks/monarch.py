@@ -39,7 +39,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from benchmarks.hierarchical_lm import cells, windows
-from minimodels import conv, experiments
+from minimodels import bench, conv, experiments
 from minimodels._util import check, check_positive
 from minimodels.data import random_windows, stdlib_corpus
 from minimodels.lm import LM, count_parameters
@@ -151,34 +151,39 @@ def run_cell(cell: dict[str, Any]) -> dict[str, float]:
     return {**score(model, cell), "transform_change": transform_change(model)}
 
 
-def grid_main(
-    argv: Sequence[str] | None,
-    name: str,
-    contenders: Sequence[str],
-    lrs: Sequence[float],
-    steps: int = STEPS,
-) -> list[dict[str, Any]]:
+def grid(
+    name: str, contenders: Sequence[str], lrs: Sequence[float], steps: int = STEPS
+) -> bench.Benchmark:
     """The command line of this grid and of ``benchmarks.h3_hybrid``: every
     (contender, lr, seed) cell of ``benchmarks.<name>.run_cell``, into
-    ``figures/data/<name>.json``."""
-    module = importlib.import_module(f"benchmarks.{name}")  # not __main__
-    title = (module.__doc__ or name).splitlines()[0]
-    parser = argparse.ArgumentParser(description=title)
-    parser.add_argument("--contenders", nargs="+", default=list(contenders))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=list(lrs))
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--out", default=f"figures/data/{name}.json")
-    args = parser.parse_args(argv)
-    grid = cells(args.contenders, args.seeds, args.lrs, steps=args.steps)
-    return experiments.run_grid(
-        module.run_cell, grid, out=args.out, command=f"python -m benchmarks.{name}",
-        description=name,
+    ``figures/data/<name>.json``; ``--toy`` is one cell of one step."""
+    module = importlib.import_module(f"benchmarks.{name}")  # also from __main__
+
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--contenders", nargs="+", default=list(contenders))
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--lrs", type=float, nargs="+", default=list(lrs))
+        p.add_argument("--steps", type=int, default=steps)
+
+    def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+        cells_ = cells(args.contenders, args.seeds, args.lrs, steps=args.steps)
+        return experiments.run_grid(
+            module.run_cell, cells_, description=name, **bench.grid_options(args)
+        )
+
+    toy = ["--contenders", contenders[-1], "--seeds", "0", "--lrs", "1e-3",
+           "--steps", "1"]  # fmt: skip
+    return bench.Benchmark(
+        name=name, doc=module.__doc__, run=run, out=f"{name}.json",
+        add_arguments=add_arguments, toy=toy, grid=True, device=None,
     )  # fmt: skip
 
 
+BENCHMARK = grid("monarch", CONTENDERS, [1e-3, 3e-3, 1e-2])
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return grid_main(argv, "monarch", CONTENDERS, [1e-3, 3e-3, 1e-2])
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
