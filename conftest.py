@@ -53,12 +53,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _budgets() -> dict[str, float]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    manifest = tomllib.loads((ROOT / "book.toml").read_text())
-    return {Path(c["file"]).stem: c["cpu_budget_s"] for c in manifest["chapters"]}
+    from minimodels import manifest
+
+    return {c.stem: c.cpu_budget_s for c in manifest.load(ROOT).chapters}
 
 
 def _cache_chapter(stem: str, items: list) -> None:

@@ -14,9 +14,10 @@ The library behind the minimodels textbook. Each module is one idea of the book:
 - ``minimodels.lm``, ``data``, ``train``, ``bench``, ``testing``: what they share;
 - ``minimodels.kernels.flash``: the Triton FlashAttention kernel (needs triton).
 
-The main classes are reachable from the top level (``minimodels.H3``); each is
-imported on first use, so ``import minimodels`` stays cheap, loads no data,
-prints nothing, sets no seed and does not need triton.
+The book's models are named in one table, ``minimodels.registry``; their
+classes are reachable from the top level (``minimodels.H3``), each imported on
+first use, so ``import minimodels`` stays cheap, loads no data, prints nothing,
+sets no seed and does not need triton.
 """
 
 from __future__ import annotations
@@ -24,40 +25,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from minimodels import attention, bench, data, lm, train
+from minimodels import attention, bench, data, lm, registry, train
 from minimodels.attention import MultiHeadAttention, attention_naive, attention_sdpa
+from minimodels.conv import fft_conv
 from minimodels.lm import LM, mixer_factory
 from minimodels.train import TrainConfig
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it, imported on first access
-_LAZY = {
-    "fft_conv": "minimodels.conv",
-    "S4D": "minimodels.ssm",
-    "S4DMixer": "minimodels.ssm",
-    "H3": "minimodels.h3",
-    "HyenaOperator": "minimodels.hyena",
-    "HyenaConfig": "minimodels.hyena",
-    "DilatedAttention": "minimodels.dilated",
-    "LongNetTransformer": "minimodels.dilated",
-    "BlockRecurrentTransformer": "minimodels.block_recurrent",
-    "RecurrentTrainerWrapper": "minimodels.block_recurrent",
-    "HierarchicalTransformer": "minimodels.hierarchical",
-    "Hourglass": "minimodels.hierarchical",
-}
+# the book's models' classes (minimodels.registry) -> their chapter module,
+# imported on first access (attention's is imported above)
+_LAZY = {n: m for n, m in registry.top_level().items() if n not in globals()}
 
 __all__ = [
     "attention",
     "bench",
     "data",
     "lm",
+    "registry",
     "train",
     "LM",
     "MultiHeadAttention",
     "TrainConfig",
     "attention_naive",
     "attention_sdpa",
+    "fft_conv",
     "mixer_factory",
     "__version__",
     *_LAZY,

@@ -15,17 +15,15 @@ it. ``speed`` times a forward + backward pass. Both can write JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from minimodels import __version__, bakeoff, bench
+from minimodels import __version__, bakeoff, bench, manifest, registry
 from minimodels.train import TrainConfig
 
 TASKS = ("recall", "induction", "bytes")
@@ -33,21 +31,15 @@ DEFAULT_LEN = {"recall": bakeoff.RECIPE["seq_len"], "induction": 64, "bytes": 12
 OTHER_TASKS_LR = 3e-3  # induction and bytes: not tuned by the bake-off
 
 
-def chapters() -> list[dict]:
-    """The book's chapter table, shipped with the package (``minimodels/book.json``,
-    generated from book.toml): the same from a checkout and from a wheel."""
-    text = resources.files("minimodels").joinpath("book.json").read_text()
-    return json.loads(text)["chapters"]
-
-
 def list_chapters() -> str:
-    contenders = {chapter: name for name, (chapter, _) in bakeoff.CONTENDERS.items()}
+    """One line per chapter of the manifest (book.toml in a checkout, the copy the
+    package ships from a wheel), with the ``run`` command of its models."""
     lines = []
-    for entry in chapters():
-        chapter = entry["number"]
-        run = f"run {contenders[chapter]}" if chapter in contenders else ""
-        title, module = entry["title"], entry["module"]
-        lines.append(f"{chapter:2d}  {title:32s} {module:30s} {run}".rstrip())
+    for chapter in manifest.load().chapters:
+        models = registry.MODELS.values()
+        run = ", ".join(f"run {m.name}" for m in models if m.chapter == chapter.number)
+        title, module = chapter.title, chapter.module
+        lines.append(f"{chapter.number:2d}  {title:32s} {module:30s} {run}".rstrip())
     return "\n".join(lines)
 
 

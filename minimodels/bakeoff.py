@@ -8,8 +8,8 @@ in training, one query in validation) at growing length, induction heads, and
 bits per byte on Python's own standard library; then forward + backward time and
 memory against sequence length.
 
-Contenders (chapter): ``attention`` (0), ``s4d`` (2), ``h3`` (3), ``hyena`` (4),
-``dilated`` (6), ``block_recurrent`` (7), ``hierarchical`` (8). ``build`` makes
+The contenders are the models of ``minimodels.registry``, each with the number
+of the chapter that builds it (``CONTENDERS``, from book.toml). ``build`` makes
 any of them as ``ids (b n) -> logits (b n v)``; ``width_for`` picks the width
 that gives a target parameter count, so the models compare at equal size.
 
@@ -28,17 +28,19 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from minimodels import bench, data
+from minimodels import bench, data, registry
 from minimodels._util import check, check_positive
-from minimodels.lm import LM, count_parameters, mixer_factory
+from minimodels.lm import LM, count_parameters
 from minimodels.train import Data, TrainConfig, evaluate, train
 
 __all__ = [
     "CONTENDERS",
+    "Contender",
     "Task",
     "build",
     "width_for",
@@ -63,11 +65,18 @@ WIDTH_STEP = 4  # widths are multiples of this
 Builder = Callable[[int, int, int, int], nn.Module]  # (vocab, dim, depth, n)
 
 
+class Contender(NamedTuple):
+    """A model of ``minimodels.registry`` with the bake-off's recipe for it."""
+
+    chapter: int  # the chapter that builds it, from book.toml (by its module)
+    build: Builder
+
+
 def _lm(mixer: str, options: Callable[[int, int], dict]) -> Builder:
     """A ``minimodels.lm.LM`` whose mixer's options depend on (dim, n)."""
 
     def make(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
-        return LM(vocab, dim, depth, mixer_factory(mixer, **options(dim, n)))
+        return LM(vocab, dim, depth, registry.mixer_factory(mixer, **options(dim, n)))
 
     return make
 
@@ -80,14 +89,10 @@ DILATED_BRANCHES = {"segment_lengths": (16, 64), "dilation_rates": (1, 4)}
 
 
 def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
-    from minimodels.block_recurrent import (
-        BlockRecurrentLM,
-        BlockRecurrentTransformer,
-        RecurrentTrainWrapper,
-    )
+    from minimodels.block_recurrent import BlockRecurrentLM, RecurrentTrainWrapper
 
     w = 16
-    model = BlockRecurrentTransformer(
+    model = registry.get("block_recurrent").load()(
         num_tokens=vocab, dim=dim, depth=depth, dim_head=dim // HEADS,
         heads=HEADS, max_seq_len=w * math.ceil(n / w), block_width=w,
         num_state_vectors=8, recurrent_layers=(depth,),
@@ -96,26 +101,28 @@ def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
 
 
 def _hierarchical(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
-    from minimodels.hierarchical import HierarchicalTransformer
-
-    return HierarchicalTransformer(
+    return registry.get("hierarchical").load()(
         num_tokens=vocab, dim=dim, depth=depth, seq_len=n, dim_head=dim // HEADS,
         heads=HEADS, hierarchies=(1, 4), window_sizes=(16, None),
     )  # fmt: skip
 
 
-# name -> (the chapter that builds it, builder)
-CONTENDERS: dict[str, tuple[int, Builder]] = {
-    "attention": (0, _lm("attention", lambda d, n: {"heads": HEADS})),
-    "s4d": (2, _lm("s4d", lambda d, n: {"d_state": 16})),
-    "h3": (3, _lm("h3", lambda d, n: {"d_state": 16, "head_dim": 8})),
-    "hyena": (4, _lm("hyena", lambda d, n: {"max_len": n, "filter_order": 32})),
-    "dilated": (
-        6,
-        _lm("dilated", lambda d, n: {"heads": DILATED_HEADS, **DILATED_BRANCHES}),
+# the recipe for each model of the registry, by its name
+_BUILDERS: dict[str, Builder] = {
+    "attention": _lm("attention", lambda d, n: {"heads": HEADS}),
+    "s4d": _lm("s4d", lambda d, n: {"d_state": 16}),
+    "h3": _lm("h3", lambda d, n: {"d_state": 16, "head_dim": 8}),
+    "hyena": _lm("hyena", lambda d, n: {"max_len": n, "filter_order": 32}),
+    "dilated": _lm(
+        "dilated", lambda d, n: {"heads": DILATED_HEADS, **DILATED_BRANCHES}
     ),
-    "block_recurrent": (7, _block_recurrent),
-    "hierarchical": (8, _hierarchical),
+    "block_recurrent": _block_recurrent,
+    "hierarchical": _hierarchical,
+}
+# name -> (chapter, builder), in the registry's order: every model of the book
+CONTENDERS: dict[str, Contender] = {
+    name: Contender(model.chapter, _BUILDERS[name])
+    for name, model in registry.MODELS.items()
 }
 
 
@@ -126,7 +133,7 @@ def build(
     check(name in CONTENDERS, f"unknown contender {name!r}; known: {list(CONTENDERS)}")
     check_positive(vocab_size=vocab_size, dim=dim, seq_len=seq_len, depth=depth)
     check(dim % WIDTH_STEP == 0, f"dim must be a multiple of {WIDTH_STEP}, got {dim}")
-    return CONTENDERS[name][1](vocab_size, dim, depth, seq_len)
+    return CONTENDERS[name].build(vocab_size, dim, depth, seq_len)
 
 
 def width_for(

@@ -10,17 +10,16 @@ by a pluggable *mixer*:
 
 A mixer is any ``nn.Module`` mapping (b n c) -> (b n c). It is given to ``LM`` as a
 factory ``dim -> module`` (e.g. ``functools.partial(MultiHeadAttention, heads=4)``)
-or by name (``"attention"``, ``"s4d"``, ``"h3"``, ``"hyena"``, ``"dilated"``) with
-its options. A mixer that also has ``init_state(batch)`` and
-``step(x_t, state) -> (y_t, state)`` lets ``generate`` decode in recurrent mode:
-constant work per token.
+or by name (``"attention"``, ``"s4d"``, ``"h3"``, ``"hyena"``, ``"dilated"``: the
+mixers of ``minimodels.registry``) with its options. A mixer that also has
+``init_state(batch)`` and ``step(x_t, state) -> (y_t, state)`` lets ``generate``
+decode in recurrent mode: constant work per token.
 
 Shapes: b batch, n sequence, c model dim, v vocabulary.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -37,7 +36,6 @@ __all__ = [
     "Shell",
     "Block",
     "MLP",
-    "MIXERS",
     "mixer_factory",
     "count_parameters",
     "init_embedding",
@@ -56,24 +54,18 @@ class RecurrentMixer(Protocol):
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]: ...
 
 
-# name -> "module:attribute"; imported on first use so that importing minimodels
-# stays cheap and later chapters only add a line here.
-MIXERS: dict[str, str] = {
-    "attention": "minimodels.attention:MultiHeadAttention",
-    "s4d": "minimodels.ssm:S4DMixer",
-    "h3": "minimodels.h3:H3",
-    "hyena": "minimodels.hyena:HyenaOperator",
-    "dilated": "minimodels.dilated:DilatedAttention",
-}
-
-
 def mixer_factory(name: str, **options: Any) -> MixerFactory:
-    """Resolve a mixer by name; ``options`` go to its constructor, which rejects
-    any it does not know (no silent swallowing of a misspelt option)."""
-    check(name in MIXERS, f"unknown mixer {name!r}; known: {sorted(MIXERS)}")
-    module, attr = MIXERS[name].split(":")
-    cls = getattr(importlib.import_module(module), attr)
-    return partial(cls, **options)
+    """The mixer ``name`` of ``minimodels.registry`` as a factory ``dim -> module``;
+    ``options`` go to its constructor, which rejects any it does not know (no
+    silent swallowing of a misspelt option).
+
+    The registry sits on the floor above this module (it names the chapter
+    modules, which all import ``lm``), so it is imported here, at call time: an
+    import at the top of ``lm`` would be a cycle.
+    """
+    from minimodels import registry
+
+    return registry.mixer_factory(name, **options)
 
 
 def init_embedding(embed: nn.Embedding) -> None:

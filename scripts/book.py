@@ -19,6 +19,7 @@ package (autodoc renders their docstrings), and ``minimodels/book.json``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pkgutil
@@ -27,26 +28,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_manifest(root: Path = ROOT) -> dict:
-    manifest = tomllib.loads((root / "book.toml").read_text())
-    for chapter in manifest["chapters"]:
-        path = root / chapter["file"]
-        if not path.exists():
-            raise SystemExit(f"book.toml names {chapter['file']}, which does not exist")
-    return manifest
+def _manifest_module():
+    """``minimodels.manifest``, the one reader of book.toml; when the package is
+    not imported yet, loaded from its file: it needs only the standard library,
+    so ``make`` lists the chapters before the package is installed and without
+    importing torch."""
+    if "minimodels.manifest" in sys.modules:
+        return sys.modules["minimodels.manifest"]
+    name = "_minimodels_manifest"
+    if name not in sys.modules:
+        path = ROOT / "minimodels" / "manifest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def chapter_number(chapter: dict) -> int:
-    """The NN of a manifest entry's ``chapters/NN-topic.md``."""
-    return int(Path(chapter["file"]).name.split("-")[0])
+manifest = _manifest_module()
+
+
+def load_manifest(root: Path = ROOT):
+    """The book at ``root``: ``minimodels.manifest.load``."""
+    return manifest.load(root)
 
 
 def _yaml(value: object, indent: int = 0) -> str:
@@ -84,12 +91,11 @@ EXTENSIONS = [
 ]  # fmt: skip
 
 
-def config(manifest: dict) -> dict:
-    book = manifest["book"]
+def config(book) -> dict:
     return {
-        "title": book["title"],
-        "author": book["author"],
-        "copyright": str(book["copyright"]),
+        "title": book.title,
+        "author": book.author,
+        "copyright": book.copyright,
         "only_build_toc_files": True,
         "exclude_patterns": [
             "_build",
@@ -102,13 +108,13 @@ def config(manifest: dict) -> dict:
         ],
         "execute": {
             "execute_notebooks": "cache",
-            "timeout": book["timeout_s"],
+            "timeout": book.timeout_s,
             "allow_errors": False,
         },
         "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence"]},
         "html": {"use_repository_button": False},
         "launch_buttons": {"notebook_interface": "jupyterlab", "binderhub_url": ""},
-        "bibtex_bibfiles": [book["bibliography"]],
+        "bibtex_bibfiles": [book.bibliography],
         "sphinx": {
             "extra_extensions": ["sphinx-mathjax-offline", "sphinx.ext.autodoc"],
             "local_extensions": {"run_box": "scripts"},  # scripts/run_box.py
@@ -126,13 +132,12 @@ def config(manifest: dict) -> dict:
     }
 
 
-def toc(manifest: dict) -> dict:
-    book = manifest["book"]
-    chapters = [{"file": c["file"].removesuffix(".md")} for c in manifest["chapters"]]
-    back = [{"file": f.removesuffix(".md")} for f in book["back_matter"]]
+def toc(book) -> dict:
+    chapters = [{"file": c.file.removesuffix(".md")} for c in book.chapters]
+    back = [{"file": f.removesuffix(".md")} for f in book.back_matter]
     return {
         "format": "jb-book",
-        "root": book["landing"].removesuffix(".md"),
+        "root": book.landing.removesuffix(".md"),
         "parts": [
             {"caption": "Chapters", "chapters": chapters},
             {"caption": "Reference", "chapters": back},
@@ -153,10 +158,7 @@ def library_modules(root: Path = ROOT) -> list[str]:
     return sorted(names)
 
 
-def api_page(manifest: dict, root: Path = ROOT) -> str:
-    chapter_of = {}
-    for c in manifest["chapters"]:
-        chapter_of.setdefault(c["module"], chapter_number(c))
+def api_page(book, root: Path = ROOT) -> str:
     lines = [
         "# The minimodels API",
         "",
@@ -166,7 +168,8 @@ def api_page(manifest: dict, root: Path = ROOT) -> str:
         "",
     ]
     for name in library_modules(root):
-        where = f" (chapter {chapter_of[name]})" if name in chapter_of else ""
+        number = book.chapter_of(name)
+        where = f" (chapter {number})" if number is not None else ""
         lines += [
             f"## `{name}`{where}",
             "",
@@ -179,12 +182,10 @@ def api_page(manifest: dict, root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def chapter_list(manifest: dict) -> str:
-    lines = []
-    for c in manifest["chapters"]:
-        number = chapter_number(c)
-        lines.append(f"- {number}. [{c['title']}]({c['file']}) — `{c['module']}`")
-    return "\n".join(lines)
+def chapter_list(book) -> str:
+    return "\n".join(
+        f"- {c.number}. [{c.title}]({c.file}) — `{c.module}`" for c in book.chapters
+    )
 
 
 def build(root: Path = ROOT) -> int:
@@ -213,50 +214,41 @@ def build(root: Path = ROOT) -> int:
     return 0
 
 
-def package_table(manifest: dict) -> dict:
-    """The chapter table the installed package carries (``minimodels/book.json``),
-    so that ``python -m minimodels list`` works from a wheel, far from book.toml."""
-    return {
-        "title": manifest["book"]["title"],
-        "chapters": [
-            {"number": chapter_number(c), "title": c["title"], "module": c["module"],
-             "file": c["file"], "cpu_budget_s": c["cpu_budget_s"]}
-            for c in manifest["chapters"]
-        ],
-    }  # fmt: skip
-
-
-PACKAGE_TABLE = ROOT / "minimodels" / "book.json"
-
-
-def generated(manifest: dict, root: Path = ROOT) -> dict[Path, str]:
+def generated(book, root: Path = ROOT) -> dict[Path, str]:
     """Every file made from book.toml (and the package), by path. They are
     committed, so that a fresh clone builds with a bare ``jupyter-book build .``
     and the wheel ships the chapter table; a test checks they are up to date."""
     header = "# Generated from book.toml by scripts/book.py: do not edit.\n"
     note = "<!-- Generated from the package by scripts/book.py: do not edit. -->\n"
     return {
-        root / "_config.yml": header + _yaml(config(manifest)) + "\n",
-        root / "_toc.yml": header + _yaml(toc(manifest)) + "\n",
-        root / "api.md": note + api_page(manifest, root),
-        root / "minimodels" / "book.json": json.dumps(package_table(manifest), indent=1)
+        root / "_config.yml": header + _yaml(config(book)) + "\n",
+        root / "_toc.yml": header + _yaml(toc(book)) + "\n",
+        root / "api.md": note + api_page(book, root),
+        # the manifest the installed package reads (``python -m minimodels list``
+        # from a wheel, far from book.toml)
+        root / "minimodels" / manifest.PACKAGED: json.dumps(
+            manifest.to_dict(book), indent=1
+        )
         + "\n",
     }
 
 
 def main(argv: list[str]) -> None:
-    manifest = load_manifest()
+    try:
+        book = load_manifest()
+    except ValueError as error:
+        raise SystemExit(f"book.toml: {error}") from None
     command = argv[1] if len(argv) > 1 else "config"
     if command == "config":
-        for path, text in generated(manifest).items():
+        for path, text in generated(book).items():
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
     elif command == "build":
         sys.exit(build())
     elif command == "list":
-        print(chapter_list(manifest))
+        print(chapter_list(book))
     elif command == "files":  # the chapters in the book, for make
-        print(" ".join(c["file"] for c in manifest["chapters"]))
+        print(" ".join(c.file for c in book.chapters))
     else:
         raise SystemExit(
             f"unknown command {command!r}: use config, build, list or files"

@@ -13,18 +13,15 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from minimodels import manifest
+
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
 # Hosts Chromium itself contacts (updates, time, accounts), never the page.
 CHROMIUM_OWN = re.compile(r"(^|\.)(google\.com|googleapis\.com|gvt1\.com|gvt2\.com)$")
 
 
-def _manifest() -> dict:
-    try:
-        import tomllib
-    except ImportError:
-        import tomli as tomllib
-    return tomllib.loads((ROOT / "book.toml").read_text())
+BOOK = manifest.load(ROOT)
 
 
 def _browser() -> str:
@@ -37,10 +34,9 @@ def _browser() -> str:
 
 
 def _pages() -> list[Path]:
-    manifest = _manifest()
-    landing = Path(manifest["book"]["landing"]).with_suffix(".html").name
-    chapters = [Path(c["file"]).with_suffix(".html") for c in manifest["chapters"]]
-    back = [Path(f).with_suffix(".html") for f in manifest["book"]["back_matter"]]
+    landing = Path(BOOK.landing).with_suffix(".html").name
+    chapters = [Path(c.file).with_suffix(".html") for c in BOOK.chapters]
+    back = [Path(f).with_suffix(".html") for f in BOOK.back_matter]
     return [HTML / landing, *(HTML / c for c in chapters), *(HTML / b for b in back)]
 
 
@@ -135,21 +131,21 @@ def test_chapter_pages_show_figures():
     assert re.search(r'<img[^>]+src="[^"]+\.png"', dom), "chapter 0 shows no figure"
 
 
-@pytest.mark.parametrize("chapter", _manifest()["chapters"], ids=lambda c: c["file"])
+@pytest.mark.parametrize("chapter", BOOK.chapters, ids=lambda c: c.file)
 def test_every_plotting_chapter_shows_its_plots(chapter):
     """A chapter that draws with matplotlib shows the drawings: the executions
     the build reused kept their outputs."""
-    source = (ROOT / chapter["file"]).read_text()
+    source = (ROOT / chapter.file).read_text()
     if "plt.show()" not in source:
         pytest.skip("draws nothing")
-    page = (HTML / Path(chapter["file"]).with_suffix(".html")).read_text()
+    page = (HTML / Path(chapter.file).with_suffix(".html")).read_text()
     assert re.search(r'<img[^>]+src="[^"]+\.png"', page), "no plot on the page"
 
 
 def test_api_index_documents_every_chapter_module():
     dom, _ = _open(HTML / "api.html")
-    for chapter in _manifest()["chapters"]:
-        assert f'id="module-{chapter["module"]}"' in dom, chapter["module"]
+    for chapter in BOOK.chapters:
+        assert f'id="module-{chapter.module}"' in dom, chapter.module
     assert 'id="minimodels.attention.attention_naive"' in dom  # a function's entry
 
 
@@ -163,7 +159,7 @@ def test_bibliography_lists_the_papers():
         "FlashAttention",
     ):
         assert title.lower() in text.lower(), title  # the style lowercases titles
-    entries = (ROOT / _manifest()["book"]["bibliography"]).read_text().count("\n@")
+    entries = (ROOT / BOOK.bibliography).read_text().count("\n@")
     assert text.count("arXiv preprint") >= entries
 
 
@@ -192,15 +188,13 @@ def test_the_build_reused_the_nbval_executions():
         sources.setdefault(Path(record.uri).name, set()).add(source)
     if not any("nbval" in found for found in sources.values()):
         pytest.skip("the book was built on its own (make book), without nbval")
-    for chapter in _manifest()["chapters"]:
-        name = Path(chapter["file"]).name
+    for chapter in BOOK.chapters:
+        name = Path(chapter.file).name
         assert sources.get(name) == {"nbval"}, f"{name}: run by {sources.get(name)}"
 
 
 def _chapter_pages() -> list[Path]:
-    return [
-        HTML / Path(c["file"]).with_suffix(".html") for c in _manifest()["chapters"]
-    ]
+    return [HTML / Path(c.file).with_suffix(".html") for c in BOOK.chapters]
 
 
 @pytest.mark.parametrize("path", _chapter_pages(), ids=lambda p: p.name)

@@ -2,11 +2,14 @@
 
 import importlib
 import importlib.util
+import json
 import re
 from pathlib import Path
 
 import jupytext
 import pytest
+
+from minimodels import manifest
 
 try:
     import tomllib
@@ -18,36 +21,77 @@ spec = importlib.util.spec_from_file_location("book", ROOT / "scripts" / "book.p
 book = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(book)
 
-MANIFEST = book.load_manifest(ROOT)
-CHAPTERS = MANIFEST["chapters"]
+MANIFEST = manifest.load(ROOT)
+CHAPTERS = MANIFEST.chapters
 
 
 def test_manifest_has_chapters_in_order():
     assert CHAPTERS, "book.toml lists no chapter"
-    numbers = [book.chapter_number(c) for c in CHAPTERS]
+    numbers = [c.number for c in CHAPTERS]
     assert numbers[0] == 0 and numbers == sorted(set(numbers)), "chapter order"
     for chapter in CHAPTERS:
-        assert {"file", "title", "module", "cpu_budget_s"} <= set(chapter)
-        assert 0 < chapter["cpu_budget_s"] <= 180
+        assert chapter.file == f"chapters/{chapter.number:02d}-{chapter.stem[3:]}.md"
+        assert 0 < chapter.cpu_budget_s <= 180
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+def test_one_loader_reads_book_toml_and_the_packaged_copy_alike():
+    """scripts/book.py, the tests and the CLI read the same manifest: book.toml
+    in a checkout, the generated minimodels/book.json from a wheel."""
+    packaged = json.loads((ROOT / "minimodels" / manifest.PACKAGED).read_text())
+    assert manifest.from_dict(packaged) == MANIFEST
+    assert manifest.from_dict(manifest.to_dict(MANIFEST)) == MANIFEST
+    assert book.load_manifest(ROOT) == MANIFEST
+    assert manifest.load() == MANIFEST  # this checkout, by default
+    assert MANIFEST.chapter_of("minimodels.attention") == 0  # the first of 0 and 5
+    assert MANIFEST.chapter_of("minimodels.lm") is None
+
+
+def _raw(**chapter_changes) -> dict:
+    raw = manifest.to_dict(MANIFEST)
+    raw["chapters"][1] = {**raw["chapters"][1], **chapter_changes}
+    return raw
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (_raw(titel="x"), r"chapter 1 of the manifest: unknown keys \['titel'\]"),
+        (_raw(file="chapters/long-convolutions.md"), "must be named chapters/NN"),
+        (_raw(file="chapters/00-again.md"), "increasing order"),
+        ({"book": {}, "chapters": []}, r"\[book\]: unknown keys \[\], missing"),
+    ],
+)
+def test_a_bad_manifest_is_an_error_naming_the_entry(raw, message):
+    with pytest.raises(ValueError, match=message):
+        manifest.from_dict(raw)
+
+
+def test_a_manifest_naming_a_missing_chapter_is_an_error(tmp_path):
+    text = (ROOT / "book.toml").read_text()
+    (tmp_path / "book.toml").write_text(text)
+    with pytest.raises(ValueError, match="names chapters/00-the-quadratic-wall.md"):
+        manifest.load(tmp_path)
+    with pytest.raises(ValueError, match="holds no book.toml"):
+        manifest.load(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.file)
 def test_chapter_is_a_myst_notebook_with_code(chapter):
-    text = (ROOT / chapter["file"]).read_text()
+    text = (ROOT / chapter.file).read_text()
     assert "extension: .md" in text and "format_name: myst" in text
     nb = jupytext.reads(text, fmt="md:myst")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert len(code) >= 3, "a chapter without code cells tests nothing"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     first_heading = next(c for c in nb.cells if c.cell_type == "markdown")
-    assert first_heading.source.startswith(f"# {chapter['title']}")
+    assert first_heading.source.startswith(f"# {chapter.title}")
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.file)
 def test_notebook_is_in_sync_with_its_chapter(chapter):
-    md = ROOT / chapter["file"]
-    ipynb = ROOT / "notebooks" / (md.stem + ".ipynb")
-    assert ipynb.exists(), f"run `jupytext --sync {chapter['file']}`"
+    md = ROOT / chapter.file
+    ipynb = ROOT / "notebooks" / (chapter.stem + ".ipynb")
+    assert ipynb.exists(), f"run `jupytext --sync {chapter.file}`"
     from_md = jupytext.read(md)
     from_nb = jupytext.read(ipynb)
     sources = [
@@ -57,9 +101,9 @@ def test_notebook_is_in_sync_with_its_chapter(chapter):
     assert sources[0] == sources[1], f"{ipynb.name} is stale"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c["file"])
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.file)
 def test_chapter_module_is_documented(chapter):
-    module = importlib.import_module(chapter["module"])
+    module = importlib.import_module(chapter.module)
     assert module.__doc__ and len(module.__doc__) > 100
     assert re.search(r"arXiv:\d{4}\.\d{4,5}", module.__doc__), "name the paper"
 
@@ -67,11 +111,11 @@ def test_chapter_module_is_documented(chapter):
 def test_generated_toc_follows_the_manifest():
     toc = book.toc(MANIFEST)
     chapters = toc["parts"][0]["chapters"]
-    assert [c["file"] + ".md" for c in chapters] == [c["file"] for c in CHAPTERS]
+    assert [c["file"] + ".md" for c in chapters] == [c.file for c in CHAPTERS]
     generated = ROOT / "_toc.yml"
     if generated.exists():
         for chapter in CHAPTERS:
-            assert chapter["file"].removesuffix(".md") in generated.read_text()
+            assert chapter.file.removesuffix(".md") in generated.read_text()
 
 
 def test_config_serves_mathjax_locally_and_fails_on_warnings():
@@ -150,7 +194,7 @@ def test_dependencies_are_what_the_library_imports():
 
 
 def test_every_cited_arxiv_id_is_in_the_bibliography():
-    bib = (ROOT / MANIFEST["book"]["bibliography"]).read_text()
+    bib = (ROOT / MANIFEST.bibliography).read_text()
     in_bib = set(re.findall(r"eprint = \{(\d{4}\.\d{4,5})\}", bib))
     sources = [ROOT / "intro.md", *ROOT.glob("chapters/*.md")]
     sources += [*ROOT.glob("minimodels/*.py"), *ROOT.glob("minimodels/kernels/*.py")]
@@ -163,7 +207,7 @@ def test_every_cited_arxiv_id_is_in_the_bibliography():
 def test_back_matter_and_api_index_cover_the_library():
     toc = book.toc(MANIFEST)
     back = [c["file"] for c in toc["parts"][-1]["chapters"]]
-    assert back == [f.removesuffix(".md") for f in MANIFEST["book"]["back_matter"]]
+    assert back == [f.removesuffix(".md") for f in MANIFEST.back_matter]
     page = book.api_page(MANIFEST)
     for path in [*ROOT.glob("minimodels/*.py"), *ROOT.glob("minimodels/kernels/*.py")]:
         if not path.stem.startswith("_"):
@@ -176,13 +220,13 @@ def test_back_matter_and_api_index_cover_the_library():
 
 
 def test_landing_road_map_names_each_chapter_and_its_module():
-    intro = (ROOT / MANIFEST["book"]["landing"]).read_text()
+    intro = (ROOT / MANIFEST.landing).read_text()
     rows = re.findall(r"^\| (\d+)\. ([^|]+?) \|.*\| `([\w.]+)` \|$", intro, re.M)
     road_map = {int(number): (title, module) for number, title, module in rows}
     for chapter in CHAPTERS:
-        number = book.chapter_number(chapter)
+        number = chapter.number
         assert number in road_map, f"the road map lacks chapter {number}"
-        assert road_map[number][1] == chapter["module"], chapter["file"]
+        assert road_map[number][1] == chapter.module, chapter.file
 
 
 def test_the_generated_files_are_committed_and_up_to_date():
@@ -209,7 +253,7 @@ def test_pre_commit_runs_the_same_lint_as_make_lint():
 
 
 def test_bibliography_keys_and_ids_are_unique():
-    bib = (ROOT / MANIFEST["book"]["bibliography"]).read_text()
+    bib = (ROOT / MANIFEST.bibliography).read_text()
     keys = re.findall(r"^@\w+\{([^,]+),", bib, re.M)
     ids = re.findall(r"eprint = \{([^}]+)\}", bib)
     assert len(keys) == len(set(keys)), "a repeated entry breaks the build"
