@@ -1,6 +1,6 @@
 """S4D against attention on the sign of a slow moving average (chapter 2).
 
-The task is ``minimodels.ssm.moving_average_sign`` (random bits, at every
+The task is ``minimodels.data.moving_average_sign`` (random bits, at every
 position the sign of their exponential moving average with tau = 256), at
 length 4096. Each contender is a one-block ``LM`` of width 32 (about 8,200
 parameters either way): S4D (``d_state=16``) or causal softmax attention (2
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from minimodels import bench, experiments, ssm
+from minimodels import bench, data, experiments
 from minimodels.lm import LM, count_parameters, mixer_factory
 from minimodels.train import TrainConfig, evaluate, train
 
@@ -59,14 +59,14 @@ class FreshSequences:
 
     def __call__(self, batch: int, generator: torch.Generator):
         seed = int(torch.randint(0, 2**31, (1,), generator=generator))
-        return ssm.moving_average_sign(batch, self.seq_len, seed=seed)
+        return data.moving_average_sign(batch, self.seq_len, seed=seed)
 
 
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     """Train one contender at one learning rate and seed; score val and test."""
     n = cell["seq_len"]
-    val = ssm.moving_average_sign(cell["val_sequences"], n, seed=VAL_SEED)
-    test = ssm.moving_average_sign(cell["test_sequences"], n, seed=TEST_SEED)
+    val = data.moving_average_sign(cell["val_sequences"], n, seed=VAL_SEED)
+    test = data.moving_average_sign(cell["test_sequences"], n, seed=TEST_SEED)
     config = TrainConfig(
         steps=cell["steps"], batch_size=2, lr=cell["lr"], warmup=10,
         eval_every=cell["steps"], seed=cell["seed"], progress=False,

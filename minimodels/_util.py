@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import numbers
 from typing import Any, TypeVar
 
@@ -48,3 +50,19 @@ def check_ndim(name: str, tensor: Any, ndim: int, layout: str) -> None:
         tensor.ndim == ndim,
         f"{name} must have shape ({layout}), got {tuple(tensor.shape)}",
     )
+
+
+def config_from(config: type[T], owner: str, options: dict[str, Any]) -> T:
+    """``config(**options)``, a dataclass listing every option of ``owner`` once
+    (with its default); an option it does not have is an error naming it (and
+    the nearest real one), never swallowed."""
+    known = [f.name for f in dataclasses.fields(config)]  # type: ignore[arg-type]
+    for name in options:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(
+                f"{owner} got an unknown option {name!r}{hint}; its options are "
+                f"the fields of {config.__name__}: {', '.join(known)}"
+            )
+    return config(**options)

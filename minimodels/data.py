@@ -8,7 +8,11 @@ wherever there is nothing to predict, so the loss and accuracy count only answer
 - induction heads (Olsson et al., 2022): after a trigger token, copy the token that
   followed the trigger's first occurrence;
 - selective copying (Gu & Dao, 2023, arXiv:2312.00752): copy the data tokens
-  scattered among noise, in order, after the markers.
+  scattered among noise, in order, after the markers;
+- remember the first token (chapter 2): one signal, blanks, and a query at the end;
+- the sign of a slow moving average (chapter 2): at every position, whether the
+  exponential moving average of random signs is positive, a task whose answer is
+  itself the output of a one-mode state space model.
 
 Text: ``stdlib_corpus`` reads Python's own standard-library sources (a byte-level
 corpus with a train/val split); ``load_enwik8`` reads the Hutter Prize file with the
@@ -19,6 +23,7 @@ Shapes: N examples, L sequence length.
 
 from __future__ import annotations
 
+import math
 import sysconfig
 import zipfile
 from dataclasses import dataclass
@@ -28,12 +33,16 @@ import torch
 from torch import Tensor
 
 from minimodels._util import check, check_positive
+from minimodels.conv import fft_conv
 
 __all__ = [
     "IGNORE",
     "associative_recall",
     "induction_heads",
     "selective_copying",
+    "remember_first",
+    "moving_average_sign",
+    "distant_recall",
     "ByteCorpus",
     "stdlib_corpus",
     "load_enwik8",
@@ -41,10 +50,21 @@ __all__ = [
 ]
 
 IGNORE = -100  # target value that the loss and the accuracy skip
+Pair = tuple[Tensor, Tensor]  # a task's (x, y), each (N L)
 
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _check_sizes(
+    num_examples: int, seq_len: int, vocab_size: int, min_len: int, min_vocab: int
+) -> None:
+    check_positive(num_examples=num_examples)
+    check(seq_len >= min_len, f"seq_len must be >= {min_len}, got {seq_len}")
+    check(
+        vocab_size >= min_vocab, f"vocab_size must be >= {min_vocab}, got {vocab_size}"
+    )
 
 
 def associative_recall(
@@ -94,18 +114,12 @@ def associative_recall(
 
 
 def induction_heads(
-    num_examples: int,
-    seq_len: int,
-    vocab_size: int,
-    *,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
+    num_examples: int, seq_len: int, vocab_size: int, *, seed: int = 0
+) -> Pair:
     """Random tokens with a trigger (token ``vocab_size - 1``) placed once in the
     first half and again at the last position; predict the token that followed
     the first trigger."""
-    check_positive(num_examples=num_examples)
-    check(seq_len >= 4, f"seq_len must be >= 4, got {seq_len}")
-    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
+    _check_sizes(num_examples, seq_len, vocab_size, min_len=4, min_vocab=3)
     g, trigger = _generator(seed), vocab_size - 1
     x = torch.randint(0, trigger, (num_examples, seq_len), generator=g)
     where = torch.randint(0, (seq_len - 2) // 2, (num_examples,), generator=g)
@@ -124,12 +138,12 @@ def selective_copying(
     *,
     num_tokens: int = 4,
     seed: int = 0,
-) -> tuple[Tensor, Tensor]:
+) -> Pair:
     """``num_tokens`` data tokens scattered among noise (token 0) in the first
     ``seq_len - num_tokens`` positions, then ``num_tokens`` markers (token
     ``vocab_size - 1``); at each marker, predict the next data token in order."""
-    check_positive(num_examples=num_examples, num_tokens=num_tokens)
-    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
+    check_positive(num_tokens=num_tokens)
+    _check_sizes(num_examples, seq_len, vocab_size, min_len=1, min_vocab=3)
     body = seq_len - num_tokens
     check(body >= num_tokens, f"seq_len ({seq_len}) must be >= 2 * num_tokens")
     g, marker = _generator(seed), vocab_size - 1
@@ -142,6 +156,47 @@ def selective_copying(
     y = torch.full_like(x, IGNORE)
     y[:, body:] = data  # at each marker, having read it, say the next data token
     return x, y
+
+
+def remember_first(
+    num_examples: int, seq_len: int, vocab_size: int, *, seed: int = 0
+) -> Pair:
+    """A long-range memory task: ``signal blank ... blank query``; at the query
+    (the last position) predict the signal, the first token.
+
+    Tokens: blank 0, signals 1 .. V-2, query V-1. Targets are -100 except at the
+    last position.
+    """
+    _check_sizes(num_examples, seq_len, vocab_size, min_len=2, min_vocab=3)
+    g = _generator(seed)
+    x = torch.zeros(num_examples, seq_len, dtype=torch.long)
+    x[:, 0] = torch.randint(1, vocab_size - 1, (num_examples,), generator=g)
+    x[:, -1] = vocab_size - 1
+    y = torch.full_like(x, IGNORE)
+    y[:, -1] = x[:, 0]
+    return x, y
+
+
+def moving_average_sign(
+    num_examples: int, seq_len: int, *, tau: float = 256.0, seed: int = 0
+) -> Pair:
+    """A long-range task whose answer is itself an SSM: random bits b_k, and at
+    every position k the target says whether the exponential moving average of the
+    signs s_k = 2 b_k - 1 with time constant ``tau`` is positive (1) or not (0):
+
+        y_k = [ sum_j K̄_j s_{k-j} > 0 ],  K̄_j = (1 - e^{-1/tau}) e^{-j/tau},
+
+    the kernel of one real mode (A = -1, B = 1, C = 1) with ZOH step Δ = 1/tau
+    (``minimodels.ssm.ssm_kernel`` gives the same K̄: tested). Tokens and answers
+    are 0 and 1 (a vocabulary of 2); every position is scored.
+    """
+    check_positive(num_examples=num_examples, seq_len=seq_len, tau=tau)
+    g = _generator(seed)
+    x = torch.randint(0, 2, (num_examples, seq_len), generator=g)
+    lags = torch.arange(seq_len, dtype=torch.float64)
+    K = -math.expm1(-1 / tau) * torch.exp(-lags / tau)  # (L,)
+    ema = fft_conv((2 * x - 1).double()[:, None], K)[:, 0]
+    return x, (ema > 0).long()
 
 
 @dataclass(frozen=True)
@@ -237,3 +292,39 @@ def random_windows(
     idx = start[:, None] + torch.arange(seq_len + 1)
     chunk = data[idx]
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def distant_recall(
+    num_examples: int,
+    *,
+    block_width: int,
+    gap_blocks: int,
+    num_pairs: int = 4,
+    num_keys: int = 16,
+    num_values: int = 16,
+    seed: int = 0,
+) -> Pair:
+    """Key-value recall whose answers lie ``gap_blocks`` blocks back (chapter 7,
+    block recurrence).
+
+    Block 0 holds ``num_pairs`` pairs ``k v`` (distinct keys) then noise; then come
+    ``gap_blocks`` blocks of noise; the last block is noise then every key once,
+    in a new order, each to be answered with its value (its target; -100
+    elsewhere). Tokens: keys [0, K), values [K, K+V), noise K+V.
+    Returns (x, y) of shape (N, (gap_blocks + 2) * block_width).
+    """
+    check_positive(num_examples=num_examples, num_pairs=num_pairs)
+    check(gap_blocks >= 0, f"gap_blocks must be >= 0, got {gap_blocks}")
+    check(2 * num_pairs <= block_width, "2 * num_pairs must be <= block_width")
+    check(num_pairs <= num_keys, f"num_pairs must be <= num_keys ({num_keys})")
+    g = _generator(seed)
+    n, w, noise = num_examples, block_width, num_keys + num_values
+    keys = torch.rand(n, num_keys, generator=g).argsort(-1)[:, :num_pairs]
+    values = torch.randint(num_keys, noise, (n, num_pairs), generator=g)
+    x = torch.full((n, (gap_blocks + 2) * w), noise, dtype=torch.long)
+    x[:, : 2 * num_pairs] = torch.stack((keys, values), -1).flatten(1)
+    order = torch.rand(n, num_pairs, generator=g).argsort(-1)
+    x[:, -num_pairs:] = keys.gather(1, order)
+    y = torch.full_like(x, IGNORE)
+    y[:, -num_pairs:] = values.gather(1, order)
+    return x, y

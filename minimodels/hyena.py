@@ -56,13 +56,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from minimodels._util import check, check_ndim, check_positive
+from minimodels._util import check, check_ndim, check_positive, config_from
 from minimodels.conv import ShortConv, conv_toeplitz, fft_conv, toeplitz
 from minimodels.optim import set_optim
 
@@ -149,6 +150,9 @@ class PositionalEmbedding(nn.Module):
     B = (emb_dim - 1)/2 bands, as in safari. ``forward(n)`` -> z (n e), t (n 1).
     """
 
+    z: Tensor  # a parameter, or a buffer when lr = 0
+    t: Tensor
+
     def __init__(self, emb_dim: int, max_len: int, lr: float = 1e-5) -> None:
         super().__init__()
         bands = (emb_dim - 1) // 2
@@ -171,6 +175,8 @@ class ExponentialModulation(nn.Module):
     """Window(t) = exp(-abs(δ_c) t) + shift, rates δ_c from log(target)/slow_decay_pct
     to log(target)/fast_decay_pct across channels; fixed (not trained)."""
 
+    deltas: Tensor
+
     def __init__(
         self,
         channels: int,
@@ -192,6 +198,16 @@ class ExponentialModulation(nn.Module):
         return h * (torch.exp(-t * self.deltas.abs()) + self.shift)
 
 
+def _window(channels: int, config: HyenaConfig) -> ExponentialModulation:
+    return ExponentialModulation(
+        channels,
+        fast_decay_pct=config.fast_decay_pct,
+        slow_decay_pct=config.slow_decay_pct,
+        target=config.target,
+        shift=config.shift,
+    )
+
+
 class HyenaFilter(nn.Module):
     """Eq. (3): ``forward(n)`` -> (c n) filters, c = channels, n <= max_len."""
 
@@ -209,13 +225,7 @@ class HyenaFilter(nn.Module):
         layers.append(nn.Linear(f, c, bias=False))
         self.mlp = nn.Sequential(*layers)
         set_optim(self.mlp, lr=config.filter_lr)
-        self.window = ExponentialModulation(
-            c,
-            fast_decay_pct=config.fast_decay_pct,
-            slow_decay_pct=config.slow_decay_pct,
-            target=config.target,
-            shift=config.shift,
-        )
+        self.window = _window(c, config)
 
     def forward(self, n: int) -> Tensor:
         _check_len(n, self.max_len)
@@ -229,13 +239,7 @@ class ExplicitFilter(nn.Module):
     def __init__(self, channels: int, config: HyenaConfig) -> None:
         super().__init__()
         self.max_len = config.max_len
-        window = ExponentialModulation(
-            channels,
-            fast_decay_pct=config.fast_decay_pct,
-            slow_decay_pct=config.slow_decay_pct,
-            target=config.target,
-            shift=config.shift,
-        )
+        window = _window(channels, config)
         t = torch.linspace(0, 1, config.max_len)[:, None]
         h = window(t, torch.randn(config.max_len, channels))
         self.h = nn.Parameter(rearrange(h, "l c -> c l").contiguous())
@@ -309,51 +313,26 @@ class HyenaOperator(nn.Module):
     """The Hyena operator as a sequence mixer, (b n c) -> (b n c).
 
     in-projection to (N + 1) d, short causal conv, split into x^1..x^N and v,
-    the recurrence (1) with N long filters, out-projection. Options are the
-    fields of ``HyenaConfig`` (``HyenaOperator.from_config`` builds from one).
+    the recurrence (1) with N long filters, out-projection. ``options`` are the
+    fields of ``HyenaConfig`` (``max_len`` is required), which holds every
+    default once; a misspelt one is an error naming it. ``from_config`` builds
+    from a ``HyenaConfig``.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        max_len: int,
-        order: int = 2,
-        filter_order: int = 64,
-        emb_dim: int = 3,
-        filter: str = "implicit",
-        num_inner_mlps: int = 2,
-        sin_freq: float = 1.0,
-        short_kernel: int = 3,
-        fast_decay_pct: float = 0.3,
-        slow_decay_pct: float = 1.5,
-        target: float = 1e-2,
-        shift: float = 0.0,
-        d_state: int = 64,
-        filter_lr: float = 1e-3,
-        pos_emb_lr: float = 1e-5,
-        fast: bool = True,
-    ) -> None:
+    def __init__(self, dim: int, **options: Any) -> None:
         super().__init__()
-        config = HyenaConfig(
-            dim=dim, max_len=max_len, order=order, filter_order=filter_order,
-            emb_dim=emb_dim, filter=filter, num_inner_mlps=num_inner_mlps,
-            sin_freq=sin_freq, short_kernel=short_kernel,
-            fast_decay_pct=fast_decay_pct, slow_decay_pct=slow_decay_pct,
-            target=target, shift=shift, d_state=d_state, filter_lr=filter_lr,
-            pos_emb_lr=pos_emb_lr, fast=fast,
-        )  # fmt: skip
-        self.config, self.dim, self.order = config, dim, order
-        self.in_proj = nn.Linear(dim, (order + 1) * dim)
-        self.short_conv = ShortConv((order + 1) * dim, short_kernel)
-        self.filter_fn = _FILTER_CLASSES[filter](order * dim, config)
-        self.D = nn.Parameter(torch.randn(order, dim))  # safari's filter bias
+        config = config_from(HyenaConfig, "HyenaOperator", {"dim": dim, **options})
+        self.config, self.dim, self.order = config, dim, config.order
+        N = config.order
+        self.in_proj = nn.Linear(dim, (N + 1) * dim)
+        self.short_conv = ShortConv((N + 1) * dim, config.short_kernel)
+        self.filter_fn = _FILTER_CLASSES[config.filter](N * dim, config)
+        self.D = nn.Parameter(torch.randn(N, dim))  # safari's filter bias
         self.out_proj = nn.Linear(dim, dim)
 
     @classmethod
     def from_config(cls, config: HyenaConfig) -> HyenaOperator:
-        options = {f.name: getattr(config, f.name) for f in fields(config)}
-        return cls(options.pop("dim"), **options)
+        return cls(**asdict(config))
 
     def filters(self, n: int) -> Tensor:
         """h^1 .. h^N for length n <= max_len: (o d n). Channels are interleaved

@@ -30,7 +30,8 @@ Initializations, A_n = -1/2 + i·ω_n (n = 0 .. N/2 - 1)::
 log Δ ~ U[log Δ_min, log Δ_max], B = 1, C ~ CN(0, 1), D ~ N(0, 1). Re A stays
 negative (A = -exp(log_A_real) + i A_imag). A, B and Δ train at lr 1e-3 with no
 weight decay (declared with ``minimodels.optim.set_optim``, honoured by
-``minimodels.train``).
+``minimodels.train``). ``S4DConfig`` lists S4D's options and their defaults once;
+``S4D`` and ``S4DMixer`` are built from it.
 
 Shapes: b batch, n sequence, d channels (model dim), s stored modes (N/2), l lag.
 """
@@ -38,15 +39,17 @@ Shapes: b batch, n sequence, d channels (model dim), s stored modes (N/2), l lag
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from minimodels._util import check, check_ndim, check_positive
+from minimodels._util import check, check_ndim, check_positive, config_from
 from minimodels.conv import fft_conv
-from minimodels.optim import param_groups, set_optim
+from minimodels.optim import set_optim
 
 __all__ = [
     "discretize_zoh",
@@ -55,11 +58,9 @@ __all__ = [
     "ssm_kernel_naive",
     "ssm_scan",
     "s4d_init",
+    "S4DConfig",
     "S4D",
     "S4DMixer",
-    "ssm_param_groups",
-    "remember_first",
-    "moving_average_sign",
 ]
 
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -179,47 +180,64 @@ def ssm_scan(
     return torch.stack(ys, dim=1).to(u.dtype), state
 
 
-def s4d_init(init: str, d_state: int) -> tuple[Tensor, Tensor]:
-    """Real and imaginary parts of A (each (s,), s = d_state // 2) for S4D-Lin/Inv."""
+def _check_init(init: str, d_state: int) -> None:
     check(init in INITS, f"init must be one of {INITS}, got {init!r}")
     check(d_state >= 2 and d_state % 2 == 0, f"d_state must be even, got {d_state}")
+
+
+def s4d_init(init: str, d_state: int) -> tuple[Tensor, Tensor]:
+    """Real and imaginary parts of A (each (s,), s = d_state // 2) for S4D-Lin/Inv."""
+    _check_init(init, d_state)
     N, n = d_state, torch.arange(d_state // 2, dtype=torch.float64)
     imag = math.pi * n if init == "lin" else N / math.pi * (N / (2 * n + 1) - 1)
     return torch.full_like(n, -0.5).float(), imag.float()
 
 
+@dataclass(frozen=True)
+class S4DConfig:
+    """Every option of ``S4D`` but its width, once; the defaults are the S4D code's."""
+
+    d_state: int = 64  # N: the state size (N/2 complex modes are stored)
+    dt_min: float = 1e-3  # log Δ is drawn uniformly in [log dt_min, log dt_max]
+    dt_max: float = 1e-1
+    init: str = "inv"  # S4D-Inv or S4D-Lin (INITS)
+    discretization: str = "zoh"  # zero-order hold or bilinear (DISCRETIZATIONS)
+    bidirectional: bool = False  # add an anti-causal kernel with its own C
+    lr: float = 1e-3  # of A, B and Δ, with no weight decay
+
+    def __post_init__(self) -> None:
+        check_positive(dt_min=self.dt_min, dt_max=self.dt_max, lr=self.lr)
+        check(
+            self.dt_min <= self.dt_max,
+            f"dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})",
+        )
+        _check_init(self.init, self.d_state)
+        check(
+            self.discretization in DISCRETIZATIONS,
+            f"discretization must be one of {DISCRETIZATIONS}, "
+            f"got {self.discretization!r}",
+        )
+
+
 class S4D(nn.Module):
     """S4D layer: d independent diagonal SSMs, (b n d) -> (b n d), y = K̄ * u + D u.
 
-    ``forward`` runs in convolution mode (FFT); ``step``/``scan`` in recurrent mode.
-    ``bidirectional=True`` adds an anti-causal kernel with its own C (the S4 code's
-    convention); it has no recurrent mode.
+    ``options`` are the fields of ``S4DConfig``. ``forward`` runs in convolution
+    mode (FFT); ``step``/``scan`` in recurrent mode. ``bidirectional=True`` adds
+    an anti-causal kernel with its own C (the S4 code's convention); it has no
+    recurrent mode.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        *,
-        d_state: int = 64,
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        init: str = "inv",
-        discretization: str = "zoh",
-        bidirectional: bool = False,
-        lr: float = 1e-3,
-    ) -> None:
+    def __init__(self, d_model: int, **options: Any) -> None:
         super().__init__()
-        check_positive(d_model=d_model, dt_min=dt_min, dt_max=dt_max, lr=lr)
-        check(dt_min <= dt_max, f"dt_min ({dt_min}) must be <= dt_max ({dt_max})")
-        check(
-            discretization in DISCRETIZATIONS,
-            f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}",
-        )
-        A_real, A_imag = s4d_init(init, d_state)
-        self.d_model, self.d_state, self.init = d_model, d_state, init
-        self.discretization, self.bidirectional = discretization, bidirectional
-        lo, hi = math.log(dt_min), math.log(dt_max)
-        channels = 2 if bidirectional else 1
+        check_positive(d_model=d_model)
+        config = self.config = config_from(S4DConfig, "S4D", options)
+        d_state, channels = config.d_state, 2 if config.bidirectional else 1
+        A_real, A_imag = s4d_init(config.init, d_state)
+        self.d_model, self.d_state, self.init = d_model, d_state, config.init
+        self.discretization = config.discretization
+        self.bidirectional = config.bidirectional
+        lo, hi = math.log(config.dt_min), math.log(config.dt_max)
         s = d_state // 2
         C = torch.randn(channels, d_model, s, dtype=torch.cfloat)
         self.log_dt = nn.Parameter(torch.rand(d_model) * (hi - lo) + lo)
@@ -230,7 +248,7 @@ class S4D(nn.Module):
         self.B = nn.Parameter(torch.view_as_real(torch.ones(d_model, s, dtype=C.dtype)))
         self.C = nn.Parameter(torch.view_as_real(C))  # (c d s 2), c = 1 or 2
         self.D = nn.Parameter(torch.randn(d_model))
-        set_optim(self, ["log_dt", "log_A_real", "A_imag", "B"], lr=lr)
+        set_optim(self, ["log_dt", "log_A_real", "A_imag", "B"], lr=config.lr)
 
     # --- the parameters in the paper's notation -------------------------------
     def _check_dtype(self) -> None:
@@ -312,30 +330,17 @@ class S4D(nn.Module):
 
 class S4DMixer(nn.Module):
     """S4D as an LM sequence mixer: S4D -> GELU -> Linear(d, 2d) -> GLU, the block
-    of the S4D reference code (``glu=False``: GELU -> Linear(d, d))."""
+    of the S4D reference code (``glu=False``: GELU -> Linear(d, d)). ``options``
+    go to ``S4D`` (the fields of ``S4DConfig``); a mixer is causal, so not
+    ``bidirectional``."""
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        d_state: int = 64,
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        init: str = "inv",
-        discretization: str = "zoh",
-        glu: bool = True,
-        lr: float = 1e-3,
-    ) -> None:
+    def __init__(self, dim: int, *, glu: bool = True, **options: Any) -> None:
         super().__init__()
-        self.ssm = S4D(
-            dim,
-            d_state=d_state,
-            dt_min=dt_min,
-            dt_max=dt_max,
-            init=init,
-            discretization=discretization,
-            lr=lr,
+        check(
+            not options.get("bidirectional"),
+            "bidirectional must be False in S4DMixer: an LM mixer is causal",
         )
+        self.ssm = S4D(dim, **options)
         self.glu = glu
         self.out = nn.Linear(dim, 2 * dim if glu else dim)
 
@@ -352,53 +357,3 @@ class S4DMixer(nn.Module):
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         y, state = self.ssm.step(x, state)
         return self._project(y), state
-
-
-def ssm_param_groups(model: nn.Module, *, weight_decay: float = 0.0) -> list[dict]:
-    """AdamW parameter groups: the SSM's A, B, Δ at their declared settings (lr
-    1e-3, no weight decay), other matrices decayed, vectors not: the groups
-    ``minimodels.optim.param_groups`` makes, which the trainer uses."""
-    return param_groups(model, weight_decay)
-
-
-def remember_first(
-    num_examples: int, seq_len: int, vocab_size: int, *, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """A long-range memory task: ``signal blank ... blank query``; at the query
-    (the last position) predict the signal, the first token.
-
-    Tokens: blank 0, signals 1 .. V-2, query V-1. Targets are -100 except at the
-    last position.
-    """
-    check_positive(num_examples=num_examples)
-    check(seq_len >= 2, f"seq_len must be >= 2, got {seq_len}")
-    check(vocab_size >= 3, f"vocab_size must be >= 3, got {vocab_size}")
-    g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(num_examples, seq_len, dtype=torch.long)
-    x[:, 0] = torch.randint(1, vocab_size - 1, (num_examples,), generator=g)
-    x[:, -1] = vocab_size - 1
-    y = torch.full_like(x, -100)
-    y[:, -1] = x[:, 0]
-    return x, y
-
-
-def moving_average_sign(
-    num_examples: int, seq_len: int, *, tau: float = 256.0, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """A long-range task whose answer is itself an SSM: random bits b_k, and at
-    every position k the target says whether the exponential moving average of the
-    signs s_k = 2 b_k - 1 with time constant ``tau`` is positive (1) or not (0):
-
-        y_k = [ sum_j K̄_j s_{k-j} > 0 ],  K̄_j = (1 - e^{-1/tau}) e^{-j/tau},
-
-    the kernel of one real mode (A = -1, B = 1, C = 1) with ZOH step Δ = 1/tau.
-    Tokens and answers are 0 and 1 (a vocabulary of 2); every position is scored.
-    """
-    check_positive(num_examples=num_examples, seq_len=seq_len, tau=tau)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 2, (num_examples, seq_len), generator=g)
-    one = torch.full((1, 1), complex(-1.0, 0.0), dtype=torch.complex128)
-    dt = torch.tensor([1.0 / tau], dtype=torch.float64)
-    K = ssm_kernel(one, torch.ones_like(one), one.real.neg() / 2, dt, seq_len)
-    ema = fft_conv((2 * x - 1).double()[:, None], K[0])[:, 0]
-    return x, (ema > 0).long()

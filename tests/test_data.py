@@ -1,3 +1,4 @@
+import math
 import zipfile
 
 import pytest
@@ -9,7 +10,9 @@ from minimodels.data import (
     associative_recall,
     induction_heads,
     load_enwik8,
+    moving_average_sign,
     random_windows,
+    remember_first,
     selective_copying,
     stdlib_corpus,
 )
@@ -178,3 +181,32 @@ def test_enwik8_broken_zips_are_clear_errors(tmp_path):
         load_enwik8(truncated, split=(100, 10, 10))
     with pytest.raises(ValueError, match="not a file"):
         load_enwik8(tmp_path)
+
+
+def test_remember_first_task():
+    x, y = remember_first(5, 30, 6, seed=1)
+    assert x.shape == y.shape == (5, 30)
+    assert ((x[:, 0] >= 1) & (x[:, 0] <= 4)).all()
+    assert (x[:, 1:-1] == 0).all() and (x[:, -1] == 5).all()
+    assert torch.equal(y[:, -1], x[:, 0]) and (y[:, :-1] == IGNORE).all()
+    with pytest.raises(ValueError, match="vocab_size must be >= 3"):
+        remember_first(5, 30, 2)
+    with pytest.raises(ValueError, match="seq_len must be >= 2"):
+        remember_first(5, 1, 6)
+
+
+def test_moving_average_sign_task():
+    x, y = moving_average_sign(6, 301, tau=20.0, seed=3)
+    assert x.shape == y.shape == (6, 301)
+    assert set(x.unique().tolist()) == {0, 1} and set(y.unique().tolist()) == {0, 1}
+    # the same moving average, as a plain loop: m_k = e^{-1/tau} m_{k-1} + (1 - ..)s_k
+    a = math.exp(-1 / 20.0)
+    m, ys = torch.zeros(6, dtype=torch.float64), []
+    for s_k in (2 * x - 1).double().unbind(1):
+        m = a * m + (1 - a) * s_k
+        ys.append((m > 0).long())
+    assert torch.equal(torch.stack(ys, 1), y)
+    x2, y2 = moving_average_sign(6, 301, tau=20.0, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match="tau"):
+        moving_average_sign(4, 11, tau=0.0)

@@ -1,7 +1,6 @@
 import inspect
 import json
 import math
-from dataclasses import MISSING, fields
 from functools import partial
 
 import pytest
@@ -11,6 +10,7 @@ from minimodels.attention import MultiHeadAttention
 from minimodels.conv import fft_conv, toeplitz
 from minimodels.hyena import (
     FILTERS,
+    ExplicitFilter,
     HyenaConfig,
     HyenaOperator,
     h3_as_hyena,
@@ -202,14 +202,29 @@ def test_parameter_groups_follow_safari():
     assert optim_settings(op)[id(z)] == {"lr": 1e-5, "weight_decay": 0.0}
 
 
-def test_constructor_defaults_match_config():
+def test_the_operator_is_built_from_its_config_alone():
+    # every default is HyenaConfig's: the constructor lists none of its own
     sig = inspect.signature(HyenaOperator.__init__).parameters
-    for f in fields(HyenaConfig):
-        if f.default is not MISSING:
-            assert sig[f.name].default == f.default, f.name
-    config = HyenaConfig(dim=8, max_len=16, order=3, emb_dim=5)
+    assert list(sig) == ["self", "dim", "options"]
+    assert HyenaOperator(8, max_len=16).config == HyenaConfig(dim=8, max_len=16)
+    config = HyenaConfig(dim=8, max_len=16, order=3, emb_dim=5, filter="explicit")
     op = HyenaOperator.from_config(config)
-    assert op.config == config
+    assert op.config == config and op.order == 3 and op.D.shape == (3, 8)
+    assert isinstance(op.filter_fn, ExplicitFilter)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_len": 16, "ordr": 3}, "'ordr' \\(did you mean 'order'\\?\\)"),
+        ({"max_len": 16, "filter_lrr": 1e-3}, "did you mean 'filter_lr'"),
+        ({"max_len": 16, "wobble": 1}, "unknown option 'wobble'; its options"),
+        ({}, "max_len"),
+    ],
+)
+def test_a_misspelt_or_missing_option_is_an_error_naming_it(options, message):
+    with pytest.raises(TypeError, match=message):
+        HyenaOperator(8, **options)
 
 
 @pytest.mark.parametrize(

@@ -3,22 +3,21 @@ import math
 import pytest
 import torch
 
+from minimodels import data
 from minimodels.lm import LM, mixer_factory
+from minimodels.optim import param_groups
 from minimodels.ssm import (
     S4D,
+    S4DConfig,
     S4DMixer,
     discretize_bilinear,
     discretize_zoh,
-    moving_average_sign,
-    remember_first,
     s4d_init,
     ssm_kernel,
     ssm_kernel_naive,
-    ssm_param_groups,
     ssm_scan,
 )
 from minimodels.testing import assert_causal, assert_same
-from minimodels.train import param_groups
 
 
 def random_diag(d: int, s: int, dtype=torch.complex128, seed: int = 0):
@@ -181,17 +180,20 @@ def test_gradients_reach_A_B_C_dt_D():
         assert g is not None and g.abs().sum() > 0, name
 
 
-def test_step_streaming_equals_full_forward():
-    torch.manual_seed(0)
-    m = S4D(5, d_state=12).double()
-    u = torch.randn(3, 23, 5, dtype=torch.float64)
-    state = m.init_state(3)
-    ys = []
-    for t in range(23):
-        y_t, state = m.step(u[:, t], state)
+def assert_steps_equal_forward(m, u):
+    """Feeding u (b n d) one step at a time gives forward(u)."""
+    state, ys = m.init_state(u.shape[0]), []
+    for u_t in u.unbind(1):
+        y_t, state = m.step(u_t, state)
         ys.append(y_t)
     with torch.no_grad():
         torch.testing.assert_close(torch.stack(ys, 1), m(u))
+
+
+def test_step_streaming_equals_full_forward():
+    torch.manual_seed(0)
+    m = S4D(5, d_state=12).double()
+    assert_steps_equal_forward(m, torch.randn(3, 23, 5, dtype=torch.float64))
 
 
 def test_ssm_scan_continues_from_a_state():
@@ -231,15 +233,27 @@ def test_bidirectional_sees_both_sides_and_matches_direct_sum():
 
 
 def test_optimizer_groups_put_ssm_parameters_at_their_lr():
-    m = S4DMixer(8, d_state=4)
-    groups = ssm_param_groups(m, weight_decay=0.1)
-    special = [g for g in groups if g.get("lr") == 1e-3]
+    m = S4DMixer(8, d_state=4, lr=2e-3)
+    groups = param_groups(m, weight_decay=0.1)
+    special = [g for g in groups if g.get("lr") == 2e-3]
     assert len(special) == 1 and special[0]["weight_decay"] == 0.0
     ids = {id(p) for p in special[0]["params"]}
     for p in (m.ssm.log_dt, m.ssm.log_A_real, m.ssm.A_imag, m.ssm.B):
         assert id(p) in ids
-    assert id(m.ssm.C) not in ids
-    assert len(groups) == len(param_groups(m, 0.1))
+    assert id(m.ssm.C) not in ids and id(m.out.weight) not in ids
+
+
+def test_the_mixer_takes_s4ds_options_and_defaults_from_one_config():
+    assert S4DMixer(8).ssm.config == S4D(8).config == S4DConfig()
+    m = S4DMixer(8, d_state=4, init="lin", discretization="bilinear", glu=False)
+    assert m.ssm.config == S4DConfig(d_state=4, init="lin", discretization="bilinear")
+    assert m.ssm.d_state == 4 and m.ssm.discretization == "bilinear" and not m.glu
+    with pytest.raises(TypeError, match="'d_stat' \\(did you mean 'd_state'\\?\\)"):
+        S4DMixer(8, d_stat=4)
+    with pytest.raises(TypeError, match="unknown option 'dt_mn'.*S4DConfig"):
+        S4D(8, dt_mn=1e-3)
+    with pytest.raises(ValueError, match="bidirectional must be False in S4DMixer"):
+        S4DMixer(8, bidirectional=True)
 
 
 @pytest.mark.parametrize(
@@ -335,40 +349,21 @@ def test_mixer_in_lm_is_causal_and_generates_recurrently():
 def test_mixer_step_equals_forward(glu):
     torch.manual_seed(0)
     m = S4DMixer(6, d_state=8, glu=glu).double()
-    x = torch.randn(2, 9, 6, dtype=torch.float64)
-    state, ys = m.init_state(2), []
-    for t in range(9):
-        y, state = m.step(x[:, t], state)
-        ys.append(y)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.stack(ys, 1), m(x))
+    assert_steps_equal_forward(m, torch.randn(2, 9, 6, dtype=torch.float64))
 
 
-def test_remember_first_task():
-    x, y = remember_first(5, 30, 6, seed=1)
-    assert x.shape == y.shape == (5, 30)
-    assert ((x[:, 0] >= 1) & (x[:, 0] <= 4)).all()
-    assert (x[:, 1:-1] == 0).all() and (x[:, -1] == 5).all()
-    assert torch.equal(y[:, -1], x[:, 0]) and (y[:, :-1] == -100).all()
-    with pytest.raises(ValueError, match="vocab_size"):
-        remember_first(5, 30, 2)
-
-
-def test_moving_average_sign_task():
-    x, y = moving_average_sign(6, 301, tau=20.0, seed=3)
-    assert x.shape == y.shape == (6, 301)
-    assert set(x.unique().tolist()) == {0, 1} and set(y.unique().tolist()) == {0, 1}
-    # the same moving average, as a plain loop: m_k = e^{-1/tau} m_{k-1} + (1 - ..)s_k
-    a = math.exp(-1 / 20.0)
-    m, ys = torch.zeros(6, dtype=torch.float64), []
-    for s_k in (2 * x - 1).double().unbind(1):
-        m = a * m + (1 - a) * s_k
-        ys.append((m > 0).long())
-    assert torch.equal(torch.stack(ys, 1), y)
-    x2, y2 = moving_average_sign(6, 301, tau=20.0, seed=3)
-    assert torch.equal(x, x2) and torch.equal(y, y2)
-    with pytest.raises(ValueError, match="tau"):
-        moving_average_sign(4, 11, tau=0.0)
+def test_moving_average_task_kernel_is_a_one_mode_ssms():
+    """data.moving_average_sign's closed-form kernel is the ZOH kernel of the SSM
+    A = -1, B = 1, C = 1 with step 1/tau: its answers are an SSM's output."""
+    one = torch.full((1, 1), complex(-1.0, 0.0), dtype=torch.complex128)
+    tau, n = 20.0, 301
+    dt = torch.tensor([1.0 / tau], dtype=torch.float64)
+    C = torch.full_like(one, 0.5)  # K̄ = 2 Re(C B̄ Ā^l): C = 1/2 makes it B̄ Ā^l
+    K = ssm_kernel(one, torch.ones_like(one), C, dt, n)[0]
+    x, y = data.moving_average_sign(6, n, tau=tau, seed=3)
+    ema = torch.stack([(K[: k + 1].flip(0) * (2 * x[:, : k + 1] - 1)).sum(1)
+                       for k in range(n)], 1)  # fmt: skip
+    assert torch.equal((ema > 0).long(), y)
 
 
 def test_longrange_benchmark_runs_at_toy_size_and_reproduces(tmp_path):
