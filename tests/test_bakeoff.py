@@ -168,11 +168,26 @@ def test_cell_refuses_bad_cells_by_name(change, message):
 
 
 def test_every_contender_has_a_learning_rate_from_the_grid():
-    from benchmarks.bakeoff import EXTRA_LRS, ORDER
+    from benchmarks.bakeoff import ORDER
 
     assert set(bakeoff.BEST_LR) == set(bakeoff.CONTENDERS) == set(ORDER)
-    for name, lr in bakeoff.BEST_LR.items():
-        assert lr in bakeoff.LRS + EXTRA_LRS.get(name, ())
+    assert len(bakeoff.LRS) >= 3  # every contender is tuned over 3 rates or more
+    assert all(lr in bakeoff.LRS for lr in bakeoff.BEST_LR.values())
+
+
+def test_the_recipe_warm_up_reaches_the_trainer(monkeypatch):
+    seen = []
+    real = bakeoff.train
+
+    def spy(model, train_data, val, config):
+        seen.append(config)
+        return real(model, train_data, val, config)
+
+    monkeypatch.setattr(bakeoff, "train", spy)
+    bakeoff.cell(TOY_CELL)  # the cell leaves the warm-up to the recipe
+    bakeoff.cell({**TOY_CELL, "warmup": 2})
+    assert [c.warmup for c in seen] == [bakeoff.RECIPE["warmup"], 2]
+    assert all(c.weight_decay == 0.0 for c in seen)
 
 
 def test_benchmark_runs_at_toy_size_tunes_then_runs_new_seeds(tmp_path):
