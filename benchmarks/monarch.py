@@ -20,8 +20,9 @@ windows, AdamW with 20 warm-up steps and cosine decay, at a learning rate
 ``lr`` and a ``seed`` (init and batch order). The held-out bytes are cut in
 two: ``val_bits`` (bits per byte over 32 non-overlapping windows, 4,096 bytes)
 picks each contender's learning rate, ``test_bits`` (32 other windows) scores
-it. ``transform_change`` is ||M - F|| / ||F|| for the learned factors after
-training (0 for ``fft``). Rows and provenance go to ``figures/data/monarch.json``.
+it. ``transform_change`` is the learned factors' relative distance from the
+DFT's after training (root mean square over layers; 0 for ``fft``). Rows and
+provenance go to ``figures/data/monarch.json``.
 """
 
 from __future__ import annotations
@@ -107,17 +108,12 @@ def held_out() -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def transform_change(model: nn.Module) -> float:
-    """||M - F|| / ||F|| over every MonarchConv of ``model`` (0 without one)."""
+    """Root mean square of ``MonarchConv.distance_from_dft`` over ``model``'s
+    layers (0 without one): the layers have equal sizes, so this is the
+    distance of all their factors together."""
     layers = [m for m in model.modules() if isinstance(m, conv.MonarchConv)]
-    if not layers:
-        return 0.0
-    change, size = 0.0, 0.0
-    for layer in layers:
-        start = conv.MonarchConv(layer.n, factors=(layer.m1, layer.m2))
-        for now, then in ((layer.L, start.L), (layer.R, start.R)):
-            change += (now.detach() - then).pow(2).sum().item()
-            size += then.pow(2).sum().item()
-    return math.sqrt(change / size)
+    squares = [layer.distance_from_dft() ** 2 for layer in layers]
+    return math.sqrt(sum(squares) / len(squares)) if squares else 0.0
 
 
 def _draw(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

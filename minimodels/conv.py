@@ -322,23 +322,40 @@ class MonarchConv(nn.Module):
         check_positive(n=n)
         m = 2 * n
         split = tuple(factors) if factors is not None else monarch_factors(m)
-        m1, m2 = (1, m) if len(split) == 1 else split  # (m,): one dense block
         check(len(split) <= 2, f"MonarchConv takes two factors, got {split}")
+        m1, m2 = (1, m) if len(split) == 1 else split  # (m,): one dense block
         check(m1 * m2 == m, f"factors ({m1}, {m2}) must multiply to 2n = {m}")
         self.n, self.m1, self.m2 = n, m1, m2
-        F1 = dft_matrix(m1, dtype=torch.complex128)
-        R = (
-            dft_matrix(m2, dtype=torch.complex128)
-            * twiddle_factors(m1, m2, dtype=torch.complex128)[:, None, :]
-        )  # R[k1] = F_{m2} diag(W[k1, :]): (m1 m2 m2)
-        L = F1.expand(m2, m1, m1)  # one F_{m1} per column n2: (m2 m1 m1)
-        self.L = nn.Parameter(torch.view_as_real(L.to(torch.complex64)).clone())
-        self.R = nn.Parameter(torch.view_as_real(R.to(torch.complex64)).clone())
-        set_optim(self, ["L", "R"], weight_decay=0.0)  # decay would shrink M to 0
+        # the factors are the DFT's plus learned offsets dL, dR (zero at init), so
+        # that the DFT part is exact in any dtype; Adam moves L and R the same way
+        self.dL = nn.Parameter(torch.zeros(m2, m1, m1, 2))
+        self.dR = nn.Parameter(torch.zeros(m1, m2, m2, 2))
+        set_optim(self, ["dL", "dR"], weight_decay=0.0)
+
+    def dft_factors(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The DFT's blocks: L[n2] = F_{m1} (m2 m1 m1), R[k1] = F_{m2} diag(W[k1])
+        (m1 m2 m2)."""
+        m1, m2, dev = self.m1, self.m2, self.dL.device
+        W = twiddle_factors(m1, m2, dtype=dtype, device=dev)
+        R = dft_matrix(m2, dtype=dtype, device=dev) * W[:, None, :]
+        return dft_matrix(m1, dtype=dtype, device=dev).expand(m2, m1, m1), R
+
+    def factors(self, dtype: torch.dtype = torch.complex64) -> tuple[Tensor, Tensor]:
+        """The learned blocks L (m2 m1 m1) and R (m1 m2 m2), complex."""
+        L, R = self.dft_factors(dtype)
+        dL, dR = (torch.view_as_complex(p).to(dtype) for p in (self.dL, self.dR))
+        return L + dL, R + dR
+
+    def distance_from_dft(self) -> float:
+        """||(L, R) - DFT's|| / ||DFT's||: 0 at initialisation."""
+        L, R = self.dft_factors(torch.complex128)
+        moved = self.dL.detach().square().sum() + self.dR.detach().square().sum()
+        size = L.abs().square().sum() + R.abs().square().sum()
+        return math.sqrt(moved.item() / size.item())
 
     def transform(self, x: Tensor) -> Tensor:
         """M x for x (... m) complex: at initialisation ``fft_monarch(x)``."""
-        L, R = (torch.view_as_complex(p).to(x.dtype) for p in (self.L, self.R))
+        L, R = self.factors(x.dtype)
         A = x.unflatten(-1, (self.m1, self.m2))  # A[n1, n2] = x[m2 n1 + n2]
         B = torch.einsum("jkn,...nj->...kj", L, A)  # per column n2: (... m1 m2)
         X = torch.einsum("kln,...kn->...kl", R, B)  # per row k1: X[k1, k2]

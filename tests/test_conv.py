@@ -235,3 +235,114 @@ def test_benchmark_attention_runs_at_toy_size(tmp_path):
     assert data["results"]["mode"] == "attention" and len(got) == 2
     assert {"fft_conv", "attention"} <= set(got[0]["seconds"])
     assert got[1]["attention_vs_fft_conv"] > 0
+
+
+# --- MonarchConv: learned factors, initialised to the DFT -------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    "u_shape, k, factors",
+    [
+        ((2, 3, 8), 8, None),  # m = 16 = 4 x 4
+        ((3, 2, 7), 7, None),  # m = 14 = 2 x 7
+        ((2, 5, 33), 9, (6, 11)),  # odd n, filter shorter, explicit split
+        ((4, 1), 1, None),  # n = 1: m = 2 is one dense block
+    ],
+)
+def test_monarch_conv_at_init_is_fft_conv(dtype, u_shape, k, factors):
+    layer = conv.MonarchConv(u_shape[-1], factors=factors).to(dtype)
+    u, h, D = _inputs(u_shape, k, dtype)
+    assert_same(layer, conv.fft_conv, [u, h, D], **TOL[dtype])  # outputs and grads
+
+
+def test_monarch_conv_transform_at_init_is_the_dft():
+    layer = conv.MonarchConv(32).double()  # m = 64 = 8 x 8
+    x = torch.randn(3, 64, dtype=torch.complex128)
+    torch.testing.assert_close(layer.transform(x), torch.fft.fft(x))
+    torch.testing.assert_close(layer.transform(x), conv.fft_monarch(x, (8, 8)))
+
+
+@pytest.mark.parametrize("n, split", [(8, (4, 4)), (64, (8, 16)), (7, (2, 7))])
+def test_monarch_conv_parameter_count(n, split):
+    """L: m2 blocks (m1 m1), R: m1 blocks (m2 m2), complex: 2 m (m1 + m2) reals."""
+    layer = conv.MonarchConv(n)
+    m1, m2 = split
+    assert (layer.m1, layer.m2) == split
+    assert tuple(layer.dL.shape) == (m2, m1, m1, 2)
+    assert tuple(layer.dR.shape) == (m1, m2, m2, 2)
+    count = sum(p.numel() for p in layer.parameters())
+    assert count == 2 * (2 * n) * (m1 + m2)
+    assert count < 2 * (2 * n) ** 2  # fewer than a dense complex (m m) matrix
+
+
+def test_monarch_conv_stays_causal_with_learned_factors():
+    torch.manual_seed(0)
+    layer = conv.MonarchConv(16).double()
+    with torch.no_grad():  # factors far from the DFT, as training could make them
+        layer.dL.add_(torch.randn_like(layer.dL))
+        layer.dR.add_(torch.randn_like(layer.dR))
+    u, h, D = _inputs((2, 3, 16), 16, torch.float64)
+    assert not torch.allclose(layer(u, h, D), conv.fft_conv(u, h, D))
+    assert_causal(lambda x: layer(x, h, D), u, [0, 5, 15], dim=-1, atol=1e-12)
+    # the filter it applies is a length-n causal filter: the layer is fft_conv of it
+    torch.testing.assert_close(layer(u, h, D), conv.fft_conv(u, layer.filter(h), D))
+
+
+def test_monarch_conv_factors_learn_without_weight_decay():
+    from minimodels.optim import optim_settings
+
+    layer = conv.MonarchConv(8)
+    u, h, _ = _inputs((2, 3, 8), 8, torch.float32)
+    layer(u, h).square().sum().backward()
+    assert layer.dL.grad.abs().sum() > 0 and layer.dR.grad.abs().sum() > 0
+    settings = optim_settings(layer)
+    assert settings[id(layer.dL)]["weight_decay"] == 0.0
+    assert settings[id(layer.dR)]["weight_decay"] == 0.0
+
+
+def test_monarch_conv_bad_arguments():
+    with pytest.raises(ValueError, match="n must be"):
+        conv.MonarchConv(0)
+    with pytest.raises(ValueError, match="multiply to 2n"):
+        conv.MonarchConv(8, factors=(4, 3))
+    with pytest.raises(ValueError, match="two factors"):
+        conv.MonarchConv(8, factors=(2, 2, 4))
+    layer = conv.MonarchConv(8)
+    u, h, _ = _inputs((1, 2, 6), 6, torch.float32)
+    with pytest.raises(ValueError, match="length n = 8"):
+        layer(u, h)
+
+
+def test_gated_long_conv_mixer_is_causal_with_learned_factors():
+    from benchmarks.monarch import GatedLongConv
+
+    torch.manual_seed(0)
+    mixer = GatedLongConv(8, seq_len=12, learned=True).double()
+    with torch.no_grad():
+        mixer.monarch.dL.add_(torch.randn_like(mixer.monarch.dL))
+    x = torch.randn(2, 12, 8, dtype=torch.float64)
+    assert_causal(mixer, x, [0, 4, 11], dim=1, atol=1e-12)
+    fixed = GatedLongConv(8, seq_len=12, learned=False).double()
+    fixed.load_state_dict(mixer.state_dict(), strict=False)
+    fixed_out = fixed(x)
+    assert not torch.allclose(fixed_out, mixer(x))  # the learned factors matter
+
+
+def test_monarch_grid_runs_at_toy_size(tmp_path):
+    from benchmarks import monarch
+    from minimodels import experiments
+
+    out = tmp_path / "monarch.json"
+    argv = ["--steps", "1", "--seeds", "0", "--lrs", "1e-3", "--out", str(out)]
+    rows = monarch.main(argv)
+    assert [r["contender"] for r in rows] == ["fft", "monarch"]
+    fft, learned = rows
+    assert fft["transform_change"] == 0 < learned["transform_change"]
+    # the learned factors are the only extra parameters: 2 m (m1 + m2) per layer
+    m1, m2 = conv.monarch_factors(2 * monarch.N)
+    extra = monarch.DEPTH * 2 * (2 * monarch.N) * (m1 + m2)
+    assert learned["parameters"] - fft["parameters"] == extra
+    assert all(r["test_bytes"] >= 1000 and 0 < r["test_bits"] < 9 for r in rows)
+    made = experiments.load(out)["provenance"]
+    assert made["command"].startswith("python -m benchmarks.monarch")
