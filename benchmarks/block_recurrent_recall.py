@@ -1,7 +1,7 @@
 """Chapter 7's trained results: recall beyond the window, and bits per byte.
 
     python -m benchmarks.block_recurrent_recall          # the committed grid
-    python -m benchmarks.block_recurrent_recall --toy    # seconds, for the tests
+    python -m benchmarks.block_recurrent_recall --toy    # one cell, for the tests
 
 Every cell trains one two-layer ``BlockRecurrentTransformer`` (width 64, 4 heads
 of 16, blocks of W = 8 tokens, 8 state vectors in layer 2) as a *contender*:
@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,14 +46,15 @@ from minimodels.block_recurrent import (
     BlockRecurrentLM,
     BlockRecurrentTransformer,
     RecurrentTrainWrapper,
-    distant_recall,
 )
-from minimodels.data import random_windows, stdlib_corpus
+from minimodels.data import distant_recall, random_windows, stdlib_corpus
 from minimodels.train import TrainConfig, evaluate, train
 
 RECALL = dict(block_width=8, gap_blocks=3, num_pairs=1, num_keys=8, num_values=16)
 TEXT_SEQ, TEXT_BLOCK, TEXT_BYTES = 64, 16, 300_000
-CONTENDERS = {"skip": {}, "dual": {"state_mlp": True}, "off": {"carry_states": False}}
+CONTENDERS: dict[str, dict[str, Any]] = {
+    "skip": {}, "dual": {"state_mlp": True}, "off": {"carry_states": False}
+}  # fmt: skip
 # task -> (training steps, batch size) at full size
 TASKS: dict[str, tuple[int, int]] = {"recall": (100, 32), "text": (200, 16)}
 LRS = {"recall": [5e-4, 1e-3, 3e-3], "text": [3e-3]}
@@ -119,12 +117,12 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         }  # fmt: skip
     corpus = stdlib_corpus(TEXT_BYTES)
     half = len(corpus.val) // 2
-    val, test = corpus.val[:half], corpus.val[half:]
-    history = train(model, _windows(corpus.train), _windows(val), config)
+    val_bytes, test_bytes = corpus.val[:half], corpus.val[half:]
+    history = train(model, _windows(corpus.train), _windows(val_bytes), config)
     batches = max(1, cell["questions"] // 64)  # windows of 64 bytes, 32 a batch
     return {
-        "val_bits": _bits(model, val, batches),
-        "test_bits": _bits(model, test, batches),
+        "val_bits": _bits(model, val_bytes, batches),
+        "test_bits": _bits(model, test_bytes, batches),
         "seconds": history.seconds[-1],
     }
 
@@ -175,38 +173,49 @@ def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
-    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
-                   default=list(CONTENDERS))  # fmt: skip
-    p.add_argument("--lrs", type=float, nargs="+", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
-    p.add_argument("--toy", action="store_true", help="2%% of the steps, 64 questions")
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    args.out = args.out or bench.figures_dir() / "data/block_recurrent_recall_cpu.json"
-    return args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    bench.add_grid_arguments(
+        p, tasks=list(TASKS), contenders=list(CONTENDERS), lrs=None, seeds=SEEDS
+    )
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    size = {"scale": args.scale, "questions": args.questions}
+    grid = cells(args.tasks, args.contenders, args.seeds, lrs=args.lrs, **size)
+    rows = experiments.run_grid(
+        run_cell, grid, description="block-recurrent grid", **bench.grid_options(args)
+    )
+    print("\n".join(experiments.summary_lines(table(rows), ("task", "contender"))))
+    return rows
+
+
+BENCHMARK = bench.Benchmark(
+    name="block_recurrent_recall",
+    doc=__doc__,
+    run=run,
+    out="block_recurrent_recall_{tag}.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--scale",
+        "0.02",
+        "--questions",
+        "64",
+        "--tasks",
+        "recall",
+        "--contenders",
+        "skip",
+        "--lrs",
+        "1e-3",
+        "--seeds",
+        "0",
+    ],  # fmt: skip
+    grid=True,
+    device=None,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = parse(argv)
-    size = {"scale": 0.02 if args.toy else 1.0, "questions": 64 if args.toy else 1000}
-    grid = cells(args.tasks, args.contenders, args.seeds, lrs=args.lrs, **size)
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "-m", "benchmarks.block_recurrent_recall", *given])
-    rows = experiments.run_grid(
-        run_cell, grid, out=args.out, processes=args.processes, threads=1,
-        command=command, description="block-recurrent grid",
-    )  # fmt: skip
-    for r in table(rows):
-        print(
-            f"{r['task']:7s} {r['contender']:5s} lr {r['lr']:.0e}  test "
-            f"{r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f}) seeds {r['seeds']}"
-        )
-    print(f"wrote {args.out}")
-    return rows
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

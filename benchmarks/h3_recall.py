@@ -1,7 +1,7 @@
 """Chapter 3's trained comparison: attention, S4D and H3 on recall and induction.
 
     python -m benchmarks.h3_recall            # the committed grid (CPU, ~10 CPU-min)
-    python -m benchmarks.h3_recall --toy      # a seconds-long grid for the tests
+    python -m benchmarks.h3_recall --toy      # one seconds-long cell, for the tests
     python -m benchmarks.h3_recall --tasks recall induction \
         --contenders attention s4d h3 h3_hd1 h3_zoh   # everything (~30 CPU-min)
 
@@ -27,13 +27,11 @@ Rows and provenance go to ``figures/data/h3_recall_cpu.json``.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from minimodels import bench, experiments
 from minimodels.data import associative_recall, induction_heads
@@ -74,12 +72,11 @@ def task_data(task: str, questions: int) -> tuple[Any, Any, Any]:
     each); the three are drawn with different seeds, so no test question chose a
     learning rate."""
     n = TASKS[task][0]
+    make: Callable[..., tuple[Tensor, Tensor]] = induction_heads
+    options = {}
     if task == "recall":
-        make = associative_recall
-        train_set = make(4000, n, VOCAB, multi_query=True, seed=0)
-    else:
-        make = induction_heads
-        train_set = make(4000, n, VOCAB, seed=0)
+        make, options = associative_recall, {"multi_query": True}
+    train_set = make(4000, n, VOCAB, seed=0, **options)
     val_set = make(questions, n, VOCAB, seed=1)
     return train_set, val_set, make(questions, n, VOCAB, seed=2)
 
@@ -139,42 +136,53 @@ def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**s, "lr": lrs[s["task"], s["contender"]]} for s in summary]
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["recall"])
-    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS),
-                   default=["attention", "s4d", "h3", "h3_hd1"])  # fmt: skip
-    p.add_argument("--lrs", type=float, nargs="+", default=LRS)
-    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
-    p.add_argument("--toy", action="store_true", help="2%% of the steps, 64 questions")
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    args.out = args.out or bench.figures_dir() / "data/h3_recall_cpu.json"
-    return args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    bench.add_grid_arguments(
+        p, tasks=list(TASKS), default_tasks=["recall"], contenders=list(CONTENDERS),
+        default_contenders=["attention", "s4d", "h3", "h3_hd1"], lrs=LRS,
+        seeds=SEEDS,
+    )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = parse(argv)
-    size = {"scale": 0.02 if args.toy else 1.0, "questions": 64 if args.toy else 1000}
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    size = {"scale": args.scale, "questions": args.questions}
     grid = []
     for task in args.tasks:
         chosen = [c for c in args.contenders if c in TASK_CONTENDERS[task]]
         grid += cells([task], chosen, args.lrs, args.seeds, **size)
     grid.sort(key=priority)
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "-m", "benchmarks.h3_recall", *given])
     rows = experiments.run_grid(
-        run_cell, grid, out=args.out, processes=args.processes, threads=1,
-        command=command, description="h3 recall grid",
-    )  # fmt: skip
-    for r in table(rows):
-        print(
-            f"{r['task']:10s} {r['contender']:10s} lr {r['lr']:.0e}  test "
-            f"{r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f}) seeds {r['seeds']}"
-        )
-    print(f"wrote {args.out}")
+        run_cell, grid, description="h3 recall grid", **bench.grid_options(args)
+    )
+    print("\n".join(experiments.summary_lines(table(rows), ("task", "contender"))))
     return rows
+
+
+BENCHMARK = bench.Benchmark(
+    name="h3_recall",
+    doc=__doc__,
+    run=run,
+    out="h3_recall_{tag}.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--scale",
+        "0.02",
+        "--questions",
+        "64",
+        "--contenders",
+        "attention",
+        "--lrs",
+        "3e-3",
+        "--seeds",
+        "0",
+    ],  # fmt: skip
+    grid=True,
+    device=None,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":

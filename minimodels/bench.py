@@ -54,6 +54,7 @@ __all__ = [
     "load_json",
     "figures_dir",
     "Benchmark",
+    "add_grid_arguments",
     "grid_options",
     "plot_loglog",
 ]
@@ -471,6 +472,33 @@ class Benchmark:
         if self.plot is not None and args.plot is not None:
             self.plot(result, args.plot)
         return result
+
+
+def add_grid_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    contenders: Sequence[str],
+    lrs: Sequence[float] | None,
+    seeds: Sequence[int],
+    tasks: Sequence[str] | None = None,
+    default_contenders: Sequence[str] | None = None,
+    default_tasks: Sequence[str] | None = None,
+) -> None:
+    """The options of a grid of training runs: its axes ``--contenders``,
+    ``--lrs`` (None: each task's own), ``--seeds`` and, given ``tasks``,
+    ``--tasks``; and its size, ``--scale`` (times the full step count) and
+    ``--questions`` (validation and test questions, each)."""
+    if tasks is not None:
+        p.add_argument("--tasks", nargs="+", choices=list(tasks),
+                       default=list(default_tasks or tasks))  # fmt: skip
+    p.add_argument("--contenders", nargs="+", choices=list(contenders),
+                   default=list(default_contenders or contenders))  # fmt: skip
+    p.add_argument("--lrs", type=float, nargs="+",
+                   default=None if lrs is None else list(lrs))  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    p.add_argument("--scale", type=float, default=1.0, help="x the full steps")
+    p.add_argument("--questions", type=int, default=1000,
+                   help="validation and test questions, each")  # fmt: skip
 
 
 def grid_options(args: argparse.Namespace) -> dict[str, Any]:

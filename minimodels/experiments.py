@@ -53,6 +53,7 @@ __all__ = [
     "load",
     "tune",
     "summarize",
+    "summary_lines",
     "spot_check",
 ]
 
@@ -245,6 +246,20 @@ def summarize(
             "seeds": sorted(r[seed] for r in group),
         })  # fmt: skip
     return summary
+
+
+def summary_lines(
+    summary: Sequence[Mapping[str, Any]], by: Sequence[str], *, metric: str = "test"
+) -> list[str]:
+    """``summarize``'s groups as lines: the group, its ``lr``, the mean (min-max)
+    of ``metric`` and the seeds."""
+    width = {k: max(len(str(s[k])) for s in summary) for k in by}
+    return [
+        " ".join(f"{s[k]!s:{width[k]}}" for k in by)
+        + f"  lr {s['lr']:.0e}  {metric} {s['mean']:.3f} "
+        f"({s['min']:.3f}-{s['max']:.3f}) seeds {s['seeds']}"
+        for s in summary
+    ]
 
 
 def spot_check(
