@@ -1,18 +1,13 @@
 """minimodels: long-context sequence models, small enough to read.
 
-The library behind the minimodels textbook. Each module is one idea of the book:
-
-- ``minimodels.attention``: softmax attention, the reference mixer, and the
-  FlashAttention ladder in PyTorch (chapters 0 and 5);
-- ``minimodels.conv``: Toeplitz, FFT and Monarch convolutions (chapter 1);
-- ``minimodels.ssm``: S4D, a convolution and a recurrence (chapter 2);
-- ``minimodels.h3`` and ``minimodels.hyena``: gated long convolutions (3, 4);
-- ``minimodels.dilated``: LongNet's dilated attention (chapter 6);
-- ``minimodels.block_recurrent``: the Block-Recurrent Transformer (chapter 7);
-- ``minimodels.hierarchical``: hourglass and hierarchical transformers (8);
-- ``minimodels.bakeoff``: all of them at equal size on the same tasks (9);
-- ``minimodels.lm``, ``data``, ``train``, ``bench``, ``testing``: what they share;
-- ``minimodels.kernels.flash``: the Triton FlashAttention kernel (needs triton).
+The library behind the minimodels textbook. Each chapter builds one module, named
+by its ``module`` entry in book.toml (``python -m minimodels list`` prints the
+map): ``attention``, ``conv`` (long convolutions), ``ssm`` (S4D), ``h3``,
+``hyena``, ``dilated`` (LongNet), ``block_recurrent``, ``hierarchical`` and
+``bakeoff`` (all of them at equal size on the same tasks). What they share:
+``lm``, ``data``, ``optim``, ``train``, ``bench``, ``experiments``, ``testing``;
+``kernels``, the Triton kernels (they need triton); ``manifest``, the reader of
+book.toml.
 
 The book's models are named in one table, ``minimodels.registry``; their
 classes are reachable from the top level (``minimodels.H3``), each imported on

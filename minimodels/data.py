@@ -132,13 +132,9 @@ def induction_heads(
 
 
 def selective_copying(
-    num_examples: int,
-    seq_len: int,
-    vocab_size: int,
-    *,
-    num_tokens: int = 4,
+    num_examples: int, seq_len: int, vocab_size: int, *, num_tokens: int = 4,
     seed: int = 0,
-) -> Pair:
+) -> Pair:  # fmt: skip
     """``num_tokens`` data tokens scattered among noise (token 0) in the first
     ``seq_len - num_tokens`` positions, then ``num_tokens`` markers (token
     ``vocab_size - 1``); at each marker, predict the next data token in order."""
@@ -295,15 +291,9 @@ def random_windows(
 
 
 def distant_recall(
-    num_examples: int,
-    *,
-    block_width: int,
-    gap_blocks: int,
-    num_pairs: int = 4,
-    num_keys: int = 16,
-    num_values: int = 16,
-    seed: int = 0,
-) -> Pair:
+    num_examples: int, *, block_width: int, gap_blocks: int, num_pairs: int = 4,
+    num_keys: int = 16, num_values: int = 16, seed: int = 0,
+) -> Pair:  # fmt: skip
     """Key-value recall whose answers lie ``gap_blocks`` blocks back (chapter 7,
     block recurrence).
 

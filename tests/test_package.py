@@ -21,36 +21,34 @@ def test_top_level_classes_are_the_modules_own():
         minimodels.Mamba  # noqa: B018
 
 
-def test_import_is_cheap_and_needs_no_triton():
-    code = (
-        "import sys; import minimodels; "
-        "assert 'triton' not in sys.modules, 'triton imported'; "
-        "assert 'minimodels.hyena' not in sys.modules, 'hyena imported eagerly'; "
-        "print(minimodels.__version__)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == minimodels.__version__
+def test_import_is_cheap_and_needs_no_triton(fresh_python):
+    printed = fresh_python("""
+        import sys
+        import minimodels
+        assert "triton" not in sys.modules, "triton imported"
+        assert "minimodels.hyena" not in sys.modules, "hyena imported eagerly"
+        print(minimodels.__version__)
+    """)
+    assert printed.strip() == minimodels.__version__
 
 
-def test_kernels_without_triton_say_how_to_install_it():
-    code = (
-        "import sys, importlib.util\n"
-        "real = importlib.util.find_spec\n"
-        "def find(name, *args):\n"
-        "    return None if name == 'triton' else real(name, *args)\n"
-        "importlib.util.find_spec = find\n"
-        "sys.modules['triton'] = None\n"
-        "import minimodels, minimodels.attention\n"
-        "try:\n"
-        "    import minimodels.kernels\n"
-        "except ImportError as e:\n"
-        "    print(e)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert 'pip install "minimodels[triton]"' in done.stdout
-    assert "Linux" in done.stdout
+def test_kernels_without_triton_say_how_to_install_it(fresh_python):
+    printed = fresh_python("""
+        import importlib.util
+        import sys
+        real = importlib.util.find_spec
+        def find(name, *args):
+            return None if name == "triton" else real(name, *args)
+        importlib.util.find_spec = find
+        sys.modules["triton"] = None
+        import minimodels, minimodels.attention
+        try:
+            import minimodels.kernels
+        except ImportError as e:
+            print(e)
+    """)
+    assert 'pip install "minimodels[triton]"' in printed
+    assert "Linux" in printed
 
 
 def test_a_wheel_lists_the_chapters_far_from_the_checkout(tmp_path):

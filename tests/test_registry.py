@@ -2,7 +2,6 @@
 and the LM factory, the bake-off, the CLI and the top-level names all use it."""
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
@@ -83,21 +82,20 @@ def test_the_cli_lists_each_model_at_its_chapter():
         assert f"run {model.name}" in lines[model.chapter]
 
 
-def test_top_level_names_are_the_registrys_imported_on_first_use():
+def test_top_level_names_are_the_registrys_imported_on_first_use(fresh_python):
     for name, module in registry.top_level().items():
         assert name in minimodels.__all__
         assert getattr(minimodels, name) is getattr(sys.modules[module], name)
-    code = (
-        "import sys, minimodels\n"
-        "from minimodels import registry\n"
-        "lazy = {m.module for m in registry.MODELS.values()}\n"
-        "lazy -= {'minimodels.attention'}  # imported eagerly, for LM's default\n"
-        "assert not lazy & set(sys.modules), lazy & set(sys.modules)\n"
-        "minimodels.H3\n"
-        "assert 'minimodels.h3' in sys.modules\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    fresh_python("""
+        import sys
+        import minimodels
+        from minimodels import registry
+        chapters = {m.module for m in registry.MODELS.values()}
+        chapters -= {"minimodels.attention"}  # imported eagerly, for LM's default
+        assert not chapters & set(sys.modules), chapters & set(sys.modules)
+        minimodels.H3
+        assert "minimodels.h3" in sys.modules
+    """)
 
 
 LOWER_FLOORS = ["_util", "manifest", "optim", "data", "lm"]
