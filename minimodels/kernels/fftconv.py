@@ -454,15 +454,18 @@ def fft_conv(
 
 
 def interpreter_io(fn: Callable[[], object]) -> dict[str, int]:
-    """Bytes that the Triton kernels launched by ``fn()`` load and store, counted
-    element by element (masked-off lanes excluded) in the interpreter's own load
-    and store. Exact, and the same on any machine; needs TRITON_INTERPRET=1."""
+    """What the Triton kernels launched by ``fn()`` do, counted in the interpreter's
+    own operations: bytes loaded ("read") and stored ("written"), element by
+    element with masked-off lanes excluded, and the matrix products ("dots", with
+    their multiply-adds in "macs"). Exact, the same on any machine; needs
+    TRITON_INTERPRET=1."""
     check(interpreted(), "interpreter_io needs TRITON_INTERPRET=1")
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
     load, store = builder.create_masked_load, builder.create_masked_store
-    counts = {"read": 0, "written": 0}
+    dot_ = builder.create_dot
+    counts = {"read": 0, "written": 0, "dots": 0, "macs": 0}
 
     def nbytes(ptrs, mask) -> int:  # noqa: ANN001
         size = np.dtype(interpreter._get_np_dtype(ptrs.get_element_ty())).itemsize
@@ -476,7 +479,17 @@ def interpreter_io(fn: Callable[[], object]) -> dict[str, int]:
         counts["written"] += nbytes(ptrs, mask)
         return store(self, ptrs, value, mask, *args)
 
-    patched = {"create_masked_load": counted_load, "create_masked_store": counted_store}
+    def counted_dot(self, a, b, *args):  # noqa: ANN001, ANN002, ANN202
+        (rows, inner), cols = a.data.shape, b.data.shape[1]
+        counts["dots"] += 1
+        counts["macs"] += rows * inner * cols
+        return dot_(self, a, b, *args)
+
+    patched = {
+        "create_masked_load": counted_load,
+        "create_masked_store": counted_store,
+        "create_dot": counted_dot,
+    }
     original = {name: getattr(builder, name) for name in patched}
     try:
         for name, method in patched.items():
