@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +58,16 @@ from minimodels._util import (
     check_positive,
     default,
 )
-from minimodels.attention import RotaryEmbedding
-from minimodels.lm import Shell
+from minimodels.attention import (
+    RotaryEmbedding,
+    attention_naive,
+    merge_heads,
+    split_heads,
+)
 
 __all__ = [
     "Branch",
-    "check_branches",
+    "make_branches",
     "head_offsets",
     "head_slots",
     "keeps",
@@ -73,30 +78,35 @@ __all__ = [
     "branch_mask",
     "reach",
     "pattern_counts",
+    "dedupe_bias",
     "attend_sparse",
     "dilated_branch",
     "combine_branches",
     "dilated_attention",
     "dilated_attention_reference",
     "DilatedAttention",
-    "SwiGLU",
-    "ParallelBlock",
-    "LongNetTransformer",
 ]
 
 Branch = tuple[int, int]  # (segment length w, dilation r)
 
 
-def check_branches(branches: Sequence[Branch], heads: int = 1) -> None:
-    """Validate (w, r) pairs: positive integers, r divides w. Any number of heads
-    covers every position (``head_slots``), so ``heads`` is only checked > 0."""
-    check(len(branches) > 0, "segment_lengths must name at least one branch")
-    check_int(heads=heads)
-    check_positive(heads=heads)
-    for w, r in branches:
+def make_branches(
+    segment_lengths: Sequence[int], dilation_rates: Sequence[int]
+) -> list[Branch]:
+    """The (w, r) pairs, checked: as many rates as lengths, at least one pair,
+    positive integers, r dividing w. Any number of heads covers every position
+    (``head_slots``)."""
+    check(
+        len(segment_lengths) == len(dilation_rates),
+        f"segment_lengths ({len(segment_lengths)}) and dilation_rates "
+        f"({len(dilation_rates)}) must have the same length",
+    )
+    check(len(segment_lengths) > 0, "segment_lengths must name at least one branch")
+    for w, r in zip(segment_lengths, dilation_rates):
         check_int(segment_length=w, dilation_rate=r)
         check_positive(segment_length=w, dilation_rate=r)
         check_divides("dilation_rate", r, "segment_length", w)
+    return [(int(w), int(r)) for w, r in zip(segment_lengths, dilation_rates)]
 
 
 def head_offsets(heads: int, r: int, device: torch.device | None = None) -> Tensor:
@@ -189,6 +199,15 @@ def pattern_counts(
     return count
 
 
+def dedupe_bias(
+    q_pos: Tensor, k_pos: Tensor, branches: Sequence[Branch], n: int, heads: int,
+    dtype: torch.dtype,
+) -> Tensor:  # fmt: skip
+    """-log c_ij (``pattern_counts``): a key that c branches share counts once."""
+    count = pattern_counts(q_pos, k_pos, branches, n, heads).clamp(min=1)
+    return -torch.log(count.to(torch.promote_types(dtype, torch.float32)))
+
+
 def attend_sparse(
     q: Tensor,
     k: Tensor,
@@ -251,10 +270,7 @@ def dilated_branch(
     pos = kept_positions(q.shape[1], segments, w, r, start, q.device)  # (u s m)
     bias = None
     if dedupe_over is not None:
-        count = pattern_counts(pos, pos, dedupe_over, n_total, h)
-        bias = -torch.log(
-            count.clamp(min=1).to(torch.promote_types(q.dtype, torch.float32))
-        )
+        bias = dedupe_bias(pos, pos, dedupe_over, n_total, h, q.dtype)
     qs, ks, vs = (sparsify(t, w, r) for t in (q, k, v))
     o, lse = attend_sparse(
         qs, ks, vs, pos, pos, n=n_total, causal=causal, scale=scale, bias=bias
@@ -279,20 +295,6 @@ def combine_branches(outs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tensor:
     return out / total[..., None].to(out.dtype)
 
 
-def _branches(
-    segment_lengths: Sequence[int], dilation_rates: Sequence[int]
-) -> list[Branch]:
-    check(
-        len(segment_lengths) == len(dilation_rates),
-        f"segment_lengths ({len(segment_lengths)}) and dilation_rates "
-        f"({len(dilation_rates)}) must have the same length",
-    )
-    branches = list(zip(segment_lengths, dilation_rates))
-    for w, r in branches:
-        check_int(segment_length=w, dilation_rate=r)
-    return [(int(w), int(r)) for w, r in branches]
-
-
 def dilated_attention(
     q: Tensor,
     k: Tensor,
@@ -314,14 +316,13 @@ def dilated_attention(
         f"q and k must have the same shape and v the same (b h n), got "
         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}",
     )
-    branches = _branches(segment_lengths, dilation_rates)
-    check_branches(branches, q.shape[1])
+    pairs = make_branches(segment_lengths, dilation_rates)
     scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
     outs, lses = [], []
-    for w, r in branches:
+    for w, r in pairs:
         o, lse = dilated_branch(
             q, k, v, w, r, causal=causal, scale=scale,
-            dedupe_over=branches if dedupe else None,
+            dedupe_over=pairs if dedupe else None,
         )  # fmt: skip
         outs.append(o)
         lses.append(lse)
@@ -351,31 +352,23 @@ def reach(n: int, heads: int, branches: Sequence[Branch], layers: int = 1) -> Te
 
 
 def dilated_attention_reference(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    segment_lengths: Sequence[int],
-    dilation_rates: Sequence[int],
-    *,
-    causal: bool = True,
-    dedupe: bool = False,
-    scale: float | None = None,
-) -> Tensor:
-    """The O(N^2) definition: masked full attention over the union of the branch
-    patterns, a key counted once per branch that sees it (once if ``dedupe``)."""
+    q: Tensor, k: Tensor, v: Tensor,
+    segment_lengths: Sequence[int], dilation_rates: Sequence[int],
+    *, causal: bool = True, dedupe: bool = False, scale: float | None = None,
+) -> Tensor:  # fmt: skip
+    """The O(N^2) definition: the core's ``attention_naive`` over the union of
+    the branch patterns, a key counted once per branch that sees it (bias
+    log c_ij), or once if ``dedupe``. A row that sees no key gives 0."""
     b, h, n, d = q.shape
-    branches = _branches(segment_lengths, dilation_rates)
-    counts = sum(branch_mask(n, h, w, r, causal=causal).long() for w, r in branches)
-    union = counts > 0  # (h n n)
-    bias = torch.zeros(counts.shape, dtype=q.dtype).masked_fill(~union, float("-inf"))
-    if not dedupe:
-        bias = bias + torch.log(counts.clamp(min=1).to(q.dtype))
-    scale = default(scale, 1.0 / math.sqrt(d))
-    empty = ~union.any(-1, keepdim=True).to(q.device)  # rows that see nothing: 0
-    bias = bias.to(q.device).masked_fill(empty, 0.0)
-    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale + bias
-    p = torch.softmax(s, dim=-1).masked_fill(empty, 0.0)
-    return torch.einsum("bhij,bhjd->bhid", p, v)
+    pairs = make_branches(segment_lengths, dilation_rates)
+    counts = torch.stack(
+        [branch_mask(n, h, w, r, causal=causal) for w, r in pairs]
+    ).sum(0)  # (h n n): c_ij
+    bias = None if dedupe else torch.log(counts.clamp(min=1).to(q.dtype))
+    return attention_naive(
+        q, k, v, scale=scale, mask=(counts > 0).to(q.device),
+        bias=None if bias is None else bias.to(q.device),
+    )  # fmt: skip
 
 
 class DilatedAttention(nn.Module):
@@ -408,10 +401,9 @@ class DilatedAttention(nn.Module):
             (segment_lengths is None) == (dilation_rates is None),
             "give both segment_lengths and dilation_rates, or neither",
         )
-        if segment_lengths is None:
+        if segment_lengths is None or dilation_rates is None:  # the seed's one branch
             segment_lengths, dilation_rates = (segment_size,), (dilation_rate,)
-        self.branches = _branches(segment_lengths, dilation_rates)
-        check_branches(self.branches, heads)
+        self.branches = make_branches(segment_lengths, dilation_rates)
         if dim_head is None:
             check_divides("heads", heads, "dim", dim)
         self.heads, self.dim_head = heads, default(dim_head, dim // heads)
@@ -434,15 +426,14 @@ class DilatedAttention(nn.Module):
 
     def qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (b n c) to q, k, v (b h n d); ``offset`` is x's first position."""
-        qkv = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
-        q, k, v = qkv.unbind(0)
+        q, k, v = split_heads(self.to_qkv(x), self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
 
     def out(self, o: Tensor) -> Tensor:  # o: (b h n d) -> (b n c)
-        return self.to_out(rearrange(o, "b h n d -> b n (h d)"))
+        return self.to_out(merge_heads(o))
 
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         check_ndim("x", x, 3, "b n c")
@@ -455,75 +446,11 @@ class DilatedAttention(nn.Module):
         return self.out(o)
 
 
-class SwiGLU(nn.Module):
-    """Feed-forward with a SiLU-gated linear unit ("GLU Variants Improve
-    Transformer", Shazeer, 2020, arXiv:2002.05202): W_2 (silu(x W_g) * x W_1)."""
+def __getattr__(name: str) -> Any:
+    """``LongNetTransformer``, the seed package's whole model, lives in
+    ``minimodels.longnet``; the seed README's import from here still works."""
+    if name == "LongNetTransformer":
+        from minimodels.longnet import LongNetTransformer
 
-    def __init__(self, dim: int, mult: int = 4) -> None:
-        super().__init__()
-        check_positive(dim=dim, ff_mult=mult)
-        self.proj_in = nn.Linear(dim, 2 * mult * dim, bias=False)
-        self.proj_out = nn.Linear(mult * dim, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, gate = self.proj_in(x).chunk(2, dim=-1)
-        return self.proj_out(a * F.silu(gate))
-
-
-class ParallelBlock(nn.Module):
-    """x + Attn(LN(x)) + FF(LN(x)): attention and feed-forward side by side."""
-
-    def __init__(self, dim: int, attn: DilatedAttention, ff_mult: int) -> None:
-        super().__init__()
-        self.norm, self.attn, self.ff = nn.LayerNorm(dim), attn, SwiGLU(dim, ff_mult)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(x)
-        return x + self.attn(y) + self.ff(y)
-
-
-class LongNetTransformer(Shell):
-    """The seed README's model (the ``longnet`` package): embedding, ``depth``
-    parallel blocks of dilated attention and SwiGLU feed-forward, norm, head;
-    ``model(ids)`` -> logits (b n v), ``model.loss(ids, targets)``.
-
-    The seed describes its model as "dilated transformer blocks with
-    feedforwards with layernorm, SwiGLU and parallel transformer blocks": that
-    is why ``SwiGLU`` and ``ParallelBlock`` are here and not ``lm.Block``.
-    """
-
-    def __init__(
-        self,
-        num_tokens: int,
-        dim: int,
-        depth: int,
-        *,
-        heads: int = 8,
-        dim_head: int = 64,
-        ff_mult: int = 4,
-        segment_lengths: Sequence[int] = (64, 128, 256),
-        dilation_rates: Sequence[int] = (1, 2, 4),
-        qk_norm: bool = False,
-        causal: bool = True,
-    ) -> None:
-        check_int(num_tokens=num_tokens, dim=dim, depth=depth)
-        check_positive(num_tokens=num_tokens, dim=dim, depth=depth)
-        super().__init__(num_tokens, dim)
-
-        def attention() -> DilatedAttention:
-            return DilatedAttention(
-                dim, heads, qk_norm=qk_norm, causal=causal, dim_head=dim_head,
-                segment_lengths=segment_lengths, dilation_rates=dilation_rates,
-            )  # fmt: skip
-
-        self.blocks = nn.ModuleList(
-            ParallelBlock(dim, attention(), ff_mult) for _ in range(depth)
-        )
-
-    def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
-        check_ndim("ids", ids, 2, "b n")
-        check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return self.logits(x)
+        return LongNetTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

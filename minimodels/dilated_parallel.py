@@ -50,12 +50,12 @@ from minimodels.dilated import (
     DilatedAttention,
     attend_sparse,
     combine_branches,
+    dedupe_bias,
     dilated_branch,
     effective_segment,
     expand_slots,
     fold_slots,
     kept_positions,
-    pattern_counts,
     scatter_back,
     sparsify,
 )
@@ -187,8 +187,7 @@ class SequenceParallelDilatedAttention(nn.Module):
         self.received_elements += 2 * (g - 1) * qs.numel()
         bias = None
         if dedupe is not None:
-            count = pattern_counts(q_pos, k_pos, dedupe, n, h).clamp(min=1)
-            bias = -torch.log(count.to(torch.promote_types(q.dtype, torch.float32)))
+            bias = dedupe_bias(q_pos, k_pos, dedupe, n, h, q.dtype)
         o, lse = attend_sparse(
             qs, ks, vs, q_pos, k_pos, n=n, causal=attn.causal, scale=scale, bias=bias
         )

@@ -49,9 +49,9 @@ from minimodels._util import (
 )
 from minimodels.attention import (
     MultiHeadAttention,
-    RotaryEmbedding,
     attention_naive,
-    attention_sdpa,
+    local_attention,
+    merge_heads,
 )
 from minimodels.lm import Block, Shell, init_embedding
 
@@ -59,8 +59,6 @@ __all__ = [
     "shift_right",
     "upsample",
     "token_shift",
-    "local_attention",
-    "local_attention_naive",
     "LocalAttention",
     "Shorten",
     "Hourglass",
@@ -109,71 +107,39 @@ def token_shift(x: Tensor) -> Tensor:
     return torch.cat((x, shift_right(x_prev, 1)), dim=-1)
 
 
-def _band(n: int, m: int, window: int, device: torch.device) -> Tensor:
-    i = torch.arange(n, device=device)[:, None] + (m - n)
-    j = torch.arange(m, device=device)[None, :]
-    return (j <= i) & (j > i - window)
-
-
-def local_attention_naive(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """Reference: query i sees keys i - window < j <= i, with the full score matrix.
-
-    q, k, v: (b h n d) -> (b h n d).
-    """
-    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
-    s = s.masked_fill(~_band(q.shape[2], k.shape[2], window, q.device), float("-inf"))
-    return torch.einsum("bhnm,bhmd->bhnd", s.softmax(-1), v)
-
-
-def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-    """The same sliding window in O(n w): cut into blocks of ``window``; a block's
-    queries see its own keys and the previous block's (masked to the band)."""
-    n, w = q.shape[2], window
-    pad = (-n) % w
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q, k, v = (rearrange(t, "b h (m w) d -> b h m w d", w=w) for t in (q, k, v))
-    k, v = (torch.cat((F.pad(t, (0, 0, 0, 0, 1, -1)), t), dim=3) for t in (k, v))
-    mask = _band(w, 2 * w, w, q.device).expand(q.shape[2], w, 2 * w).clone()
-    mask[0, :, :w] = False  # block 0 has no previous block
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return rearrange(out, "b h m w d -> b h (m w) d")[:, :, :n]
-
-
-class LocalAttention(nn.Module):
-    """Causal multi-head attention over the last ``window`` positions (b n c) ->
-    (b n c); ``window=None`` attends to the whole prefix. ``fast`` picks SDPA and
-    the blocked window over the plain references (same results, tested)."""
+class LocalAttention(MultiHeadAttention):
+    """The core's causal ``MultiHeadAttention`` (b n c) -> (b n c) over the last
+    ``window`` positions; ``window=None`` attends to the whole prefix. ``fast``
+    picks ``local_attention`` (blocks of ``window`` queries against their block
+    and the one before, O(n w)) over ``attention_naive(..., window=)``, the
+    (n n) band; same results, tested. ``step`` decodes through the band."""
 
     def __init__(
         self,
         dim: int,
         *,
+        window: int | None = None,
         heads: int = 4,
         dim_head: int = 32,
-        window: int | None = None,
         fast: bool = True,
     ) -> None:
-        super().__init__()
         check_int(dim=dim, heads=heads, dim_head=dim_head)
         check_positive(dim=dim, heads=heads, dim_head=dim_head)
         if window is not None:
             check_int(window=window)
             check(window > 0, f"window must be > 0, got {window}")
-        self.heads, self.window, self.fast = heads, window, fast
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
-        self.rotary = RotaryEmbedding(dim_head)
+        super().__init__(dim, heads=heads, dim_head=dim_head, fast=fast)
+        self.window = window
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
-        qkv = rearrange(self.to_qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
-        q, k, v = qkv.unbind(0)
-        q, k = self.rotary(q), self.rotary(k)
-        if self.window is None or self.window >= x.shape[1]:
-            out = (attention_sdpa if self.fast else attention_naive)(q, k, v, True)
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        w, n, m = self.window, q.shape[-2], k.shape[-2]
+        if w is None or w >= m:  # the window holds the whole prefix
+            return super()._attend(q, k, v)
+        if self.fast and n == m:
+            out = local_attention(q, k, v, w)
         else:
-            attend = local_attention if self.fast else local_attention_naive
-            out = attend(q, k, v, self.window)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+            out = attention_naive(q, k, v, window=w)
+        return self.to_out(merge_heads(out))
 
 
 # --- The hourglass: shorten -> inner transformer -> upsample ----------------------

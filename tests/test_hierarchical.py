@@ -1,9 +1,11 @@
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from minimodels.attention import attention_naive, local_attention
 from minimodels.hierarchical import (
     Compress,
     HierarchicalTransformer,
@@ -11,8 +13,6 @@ from minimodels.hierarchical import (
     LocalAttention,
     Shorten,
     hierarchical_costs,
-    local_attention,
-    local_attention_naive,
     shift_right,
     token_shift,
     upsample,
@@ -20,59 +20,12 @@ from minimodels.hierarchical import (
 from minimodels.lm import Shell
 from minimodels.testing import assert_causal, assert_same
 
+SEEDS = Path(__file__).parent / "seed_readmes"
 # The three examples of the simple-hierarchical-transformer README, with only the
-# import changed.
-README = [
-    """
-import torch
-from minimodels.hierarchical import HierarchicalTransformer
-
-model = HierarchicalTransformer(
-    num_tokens = 20000,
-    dim = 512,
-    depth = 6,
-    dim_head = 64,
-    heads = 8,
-    seq_len = 2048,
-    hierarchies = (1, 2, 8),
-    window_sizes = (32, 64, None)
+# import changed (kept as text: they are the seed's, not ours).
+README = (
+    (SEEDS / "simple_hierarchical_transformer.txt").read_text().split("# ---8<---\n")
 )
-
-ids = torch.randint(0, 20000, (1, 2048))
-
-loss, _ = model(ids, return_loss = True)
-loss.backward()
-
-logits = model(ids)
-""",
-    """
-model = HierarchicalTransformer(
-    num_tokens = 20000,
-    dim = 512,
-    depth = 8,
-    dim_head = 64,
-    heads = 8,
-    seq_len = 2048,
-    hierarchies = 1,
-    window_sizes = None
-)
-""",
-    """
-model = HierarchicalTransformer(
-    num_tokens = 256,
-    dim = (128, 256, 512, 1024),
-    depth = 8,
-    seq_len = 1024,
-    use_flash_attn = True,
-    ff_mult = (2, 2, 4, 4),
-    dim_head = (16, 32, 64, 64),
-    heads = (2, 4, 8, 8),
-    hierarchies = (1, 2, 4, 16),
-    hierarchical_stride = (1, 1, 1, 8),
-    window_sizes = (16, 32, 64, None)
-).cuda()
-""",
-]
 
 
 def _shrink(code: str) -> str:
@@ -102,7 +55,8 @@ def test_readme_examples_at_toy_size() -> None:
     scope, losses = _run_readme([_shrink(c) for c in README])
     assert scope["logits"].shape == (1, 64, 100)
     assert scope["model"].hierarchies == (1, 2, 4, 16)
-    assert len(losses) == 2 and all(torch.isfinite(v) for v in losses)
+    assert len(README) == 3 and len(losses) == 2
+    assert all(torch.isfinite(v) for v in losses)
 
 
 @pytest.mark.gpu
@@ -118,13 +72,26 @@ def test_readme_examples_verbatim() -> None:
 @pytest.mark.parametrize("n", [1, 5, 13, 32])
 @pytest.mark.parametrize("window", [1, 3, 8, 40])
 def test_local_attention_matches_reference(n: int, window: int) -> None:
+    """The window LocalAttention uses: the core's blocked local_attention is the
+    band of the last ``window`` keys (windows longer than n included)."""
     g = torch.Generator().manual_seed(n * 100 + window)
     q, k, v = (torch.randn(2, 3, n, 4, generator=g, dtype=torch.float64) for _ in "qkv")
     assert_same(
         lambda a, b, c: local_attention(a, b, c, window),
-        lambda a, b, c: local_attention_naive(a, b, c, window),
+        lambda a, b, c: attention_naive(a, b, c, window=window),
         [q, k, v],
     )
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+def test_local_attention_decodes_one_token_at_a_time(window: int | None) -> None:
+    torch.manual_seed(0)
+    attn = LocalAttention(16, heads=2, dim_head=8, window=window).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full, state = attn(x), attn.init_state(2)
+    for t in range(9):  # the cache grows; the band keeps the last window keys
+        y, state = attn.step(x[:, t], state)
+        torch.testing.assert_close(y, full[:, t], msg=lambda m, t=t: f"{t}: {m}")
 
 
 def test_full_window_is_causal_attention() -> None:
