@@ -89,10 +89,14 @@ DILATED_BRANCHES = {"segment_lengths": (16, 64), "dilation_rates": (1, 4)}
 
 
 def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
-    from minimodels.block_recurrent import BlockRecurrentLM, RecurrentTrainWrapper
+    from minimodels.block_recurrent import (
+        BlockRecurrentLM,
+        BlockRecurrentTransformer,
+        RecurrentTrainWrapper,
+    )
 
     w = 16
-    model = registry.get("block_recurrent").load()(
+    model = BlockRecurrentTransformer(
         num_tokens=vocab, dim=dim, depth=depth, dim_head=dim // HEADS,
         heads=HEADS, max_seq_len=w * math.ceil(n / w), block_width=w,
         num_state_vectors=8, recurrent_layers=(depth,),
@@ -101,7 +105,9 @@ def _block_recurrent(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
 
 
 def _hierarchical(vocab: int, dim: int, depth: int, n: int) -> nn.Module:
-    return registry.get("hierarchical").load()(
+    from minimodels.hierarchical import HierarchicalTransformer
+
+    return HierarchicalTransformer(
         num_tokens=vocab, dim=dim, depth=depth, seq_len=n, dim_head=dim // HEADS,
         heads=HEADS, hierarchies=(1, 4), window_sizes=(16, None),
     )  # fmt: skip
