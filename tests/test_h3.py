@@ -355,3 +355,42 @@ def test_autocast_runs_the_convolutions_in_float32():
     reference = mixer(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.05)
+
+
+# --- the H3 hybrid language model grid (chapter 3) -----------------------------
+
+
+def test_hybrid_places_attention_at_the_thirds_and_matches_parameters():
+    from benchmarks import h3_hybrid
+    from minimodels.attention import MultiHeadAttention
+    from minimodels.lm import count_parameters
+
+    kinds = {
+        name: [type(b.mixer) for b in h3_hybrid.build(name, 0).blocks]
+        for name in h3_hybrid.CONTENDERS
+    }
+    assert kinds["attention"] == [MultiHeadAttention] * 6
+    assert kinds["h3"] == [H3] * 6
+    assert [i for i, k in enumerate(kinds["hybrid"]) if k is MultiHeadAttention] == [
+        2,
+        4,
+    ]
+    counts = {n: count_parameters(h3_hybrid.build(n, 0)) for n in h3_hybrid.CONTENDERS}
+    for name, count in counts.items():
+        assert abs(count / counts["attention"] - 1) <= 0.02, (name, counts)
+    assert h3_hybrid.width("h3") < h3_hybrid.width("attention")  # H3 costs more
+
+
+def test_hybrid_grid_runs_at_toy_size(tmp_path):
+    from benchmarks import h3_hybrid
+    from minimodels import experiments
+
+    out = tmp_path / "h3_hybrid.json"
+    argv = ["--toy", "--contenders", "attention", "hybrid", "--out", str(out)]
+    rows = h3_hybrid.main(argv)
+    assert [r["contender"] for r in rows] == ["attention", "hybrid"]
+    assert all(r["steps"] == 1 and r["test_bytes"] >= 1000 for r in rows)
+    assert all(0 < r["val_bits"] < 9 and 0 < r["test_bits"] < 9 for r in rows)
+    assert rows[1]["width"] == h3_hybrid.width("hybrid")
+    made = experiments.load(out)["provenance"]
+    assert made["command"].startswith("python -m benchmarks.h3_hybrid")
