@@ -20,7 +20,8 @@ separate test questions (``TEST_SEED``, which reports), the first evaluation
 step at >= 0.95, and the induction-circuit measurements of ``induction_scores``
 on the test questions.
 
-    python -m benchmarks.ch00_recall --out figures/data/ch00_recall.json
+    python -m benchmarks.ch00_recall         # -> figures/data/ch00_recall.json
+    python -m benchmarks.ch00_recall --toy   # one cell, for the tests
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from minimodels import experiments
+from minimodels import bench, experiments
+from minimodels.attention import MultiHeadAttention
 from minimodels.data import associative_recall
 from minimodels.lm import LM, mixer_factory
 from minimodels.train import History, TrainConfig, evaluate, train
@@ -108,16 +110,17 @@ def attention_maps(model: LM, x: Tensor) -> list[Tensor]:
     from the mixer's own projections and rotary embedding (``_qkv``).
     """
     inputs: list[Tensor] = []
+    mixers = [cast(MultiHeadAttention, b.mixer) for b in model.blocks]
     hooks = [
-        b.mixer.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
-        for b in model.blocks
+        m.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+        for m in mixers
     ]
     try:
         with torch.no_grad():
             model(x)
             maps = []
-            for block, u in zip(model.blocks, inputs):
-                q, k, _ = block.mixer._qkv(u)
+            for mixer, u in zip(mixers, inputs):
+                q, k, _ = mixer._qkv(u)
                 s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
                 n = s.shape[-1]
                 future = torch.ones(n, n, dtype=torch.bool).triu(1)
@@ -196,34 +199,52 @@ def cells(
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ch00_recall")
-    parser.add_argument("--out", default="figures/data/ch00_recall.json")
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        type=float,
-        default=None,
-        help="every contender at these rates (default: PLAN)",
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--steps", type=int, default=RECIPE["steps"])
-    parser.add_argument("--dim", type=int, default=RECIPE["dim"])
-    parser.add_argument("--processes", type=int, default=1)
-    args = parser.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
+                   choices=list(CONTENDERS))  # fmt: skip
+    p.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="every contender at these rates (default: PLAN)")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--steps", type=int, default=RECIPE["steps"])
+    p.add_argument("--dim", type=int, default=RECIPE["dim"])
+
+
+def run_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     plan = [p for p in PLAN if p[0] in args.contenders]
     if args.lrs is not None:
         plan = [(c, lr) for c in args.contenders for lr in args.lrs]
     grid = cells(plan, args.seeds, steps=args.steps, dim=args.dim)
-    command = "python -m benchmarks.ch00_recall " + " ".join(argv or [])
     return experiments.run_grid(
-        run, grid, out=args.out, processes=args.processes, threads=1,
-        command=command.strip(), description="ch00 recall",
-    )  # fmt: skip
+        run, grid, description="ch00 recall", **bench.grid_options(args)
+    )
+
+
+BENCHMARK = bench.Benchmark(
+    name="ch00_recall",
+    doc=__doc__,
+    run=run_args,
+    out="ch00_recall.json",
+    add_arguments=add_arguments,
+    toy=[
+        "--contenders",
+        "he",
+        "--lrs",
+        "1e-3",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--dim",
+        "16",
+    ],  # fmt: skip
+    grid=True,
+    device=None,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    main()
