@@ -10,11 +10,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from minimodels.attention import (  # noqa: E402
-    attention_naive,
-    causal_mask,
-    online_softmax_forward,
-)
+from minimodels.attention import attention_naive, causal_mask  # noqa: E402
+from minimodels.flash import online_softmax_forward  # noqa: E402
 from minimodels.kernels import flash  # noqa: E402
 from minimodels.kernels.flash import (  # noqa: E402
     block_plan,
