@@ -17,6 +17,8 @@ m cached tokens, s state vectors.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,31 +26,31 @@ from torch import Tensor, nn
 from minimodels._util import check, check_divides, check_ndim, check_positive, default
 from minimodels.block_recurrent_cell import (
     BlockAttention,
-    DynamicPositionBias,
     FixedGate,
     Gate,
     LSTMGate,
-    attend,
-    window_mask,
 )
-from minimodels.lm import MLP, check_sampling, init_embedding, sample_logits
+from minimodels.lm import MLP, Shell, check_sampling, init_embedding, sample_logits
 
 __all__ = [
-    "attend",
-    "window_mask",
-    "DynamicPositionBias",
-    "FixedGate",
-    "LSTMGate",
-    "BlockAttention",
     "BlockRecurrentTransformer",
     "RecurrentTrainWrapper",
     "RecurrentTrainerWrapper",
     "BlockRecurrentLM",
-    "distant_recall",
+    "BlockAttention",
+    "FixedGate",
+    "LSTMGate",
 ]
 
 
-class BlockRecurrentTransformer(nn.Module):
+def _next_token_loss(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    """Mean cross-entropy of logits (b n v) against targets (b n)."""
+    return F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index
+    )
+
+
+class BlockRecurrentTransformer(Shell):
     """Pre-norm transformer whose every layer attends over a sliding window of
     ``block_width`` tokens (with cached memories) and whose ``recurrent_layers``
     (1-based) also carry ``num_state_vectors`` states from block to block.
@@ -62,6 +64,9 @@ class BlockRecurrentTransformer(nn.Module):
     ``carry_states=False`` switches the recurrence off: every block reads the
     learned initial state. ``state_mlp=True`` gives the paper's full cell (an
     MLP and a second gate on the states); the default is the "skip" cell.
+
+    Embedding, final norm, head and ``loss(ids, targets)`` (the book's one loss
+    protocol, for ids of any length) come from ``lm.Shell``.
     """
 
     def __init__(
@@ -87,7 +92,6 @@ class BlockRecurrentTransformer(nn.Module):
         carry_states: bool = True,
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
         check_positive(num_tokens=num_tokens, dim=dim, depth=depth, heads=heads)
         check_positive(dim_head=dim_head, block_width=block_width)
         check_divides("block_width", block_width, "max_seq_len", max_seq_len)
@@ -100,10 +104,16 @@ class BlockRecurrentTransformer(nn.Module):
             all(0 < i <= depth for i in recurrent_layers),
             f"recurrent_layers must lie in 1..depth ({depth}), got {recurrent_layers}",
         )
+        rng = torch.random.get_rng_state()
+        super().__init__(num_tokens, dim, ignore_index=ignore_index)
         self.max_seq_len, self.block_width = max_seq_len, block_width
         self.recurrent_layers = tuple(sorted(set(recurrent_layers)))
-        self.ignore_index, self.dim = ignore_index, dim
-        self.embed = nn.Embedding(num_tokens, dim)
+        self.dim = dim
+        # Draw the weights in the order of the model before it shared Shell
+        # (embedding, layers, head, then init_embedding): a seed gives the
+        # weights the committed grids were trained with.
+        torch.random.set_rng_state(rng)
+        self.embed.reset_parameters()
         self.attn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
         self.attns = nn.ModuleList(
             BlockAttention(
@@ -127,9 +137,11 @@ class BlockRecurrentTransformer(nn.Module):
         )
         self.ff_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
         self.ffs = nn.ModuleList(MLP(dim, ff_mult) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.to_logits = nn.Linear(dim, num_tokens, bias=False)
+        self.head.reset_parameters()
         init_embedding(self.embed)
+
+    def _layers(self) -> list[BlockAttention]:
+        return [cast(BlockAttention, attn) for attn in self.attns]
 
     def _check_memories(self, mems: list[Tensor], b: int) -> None:
         check(
@@ -137,9 +149,9 @@ class BlockRecurrentTransformer(nn.Module):
             f"xl_memories must hold one tensor per layer ({len(self.attns)}), "
             f"got {len(mems)}",
         )
-        for i, (m, attn) in enumerate(zip(mems, self.attns)):
+        for i, (m, attn) in enumerate(zip(mems, self._layers())):
             check_ndim(f"xl_memories[{i}]", m, 5, "2 b k m d")
-            d, limit = attn.to_q.out_features // attn.heads, attn.memory_len + attn.w
+            d, limit = attn.dim_head, attn.memory_len + attn.w
             check(
                 m.shape[:3] == (2, b, attn.kv_heads)
                 and m.shape[4] == d
@@ -159,7 +171,7 @@ class BlockRecurrentTransformer(nn.Module):
             len(states) == r,
             f"states must hold one tensor per recurrent layer ({r}), got {len(states)}",
         )
-        s = self.attns[self.recurrent_layers[0] - 1].num_state_vectors if r else 0
+        s = self._layers()[self.recurrent_layers[0] - 1].num_state_vectors if r else 0
         for i, st in enumerate(states):
             check(
                 tuple(st.shape) == (b, s, self.dim),
@@ -203,13 +215,22 @@ class BlockRecurrentTransformer(nn.Module):
             new_mems.append(mem.detach() if detach else mem)
             if state is not None:
                 new_states.append(state.detach() if detach else state)
-        logits = self.to_logits(self.norm(x))
+        logits = self.logits(x)
         if not return_loss:
             return logits, new_mems, new_states
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), labels.flatten(), ignore_index=self.ignore_index
+        return _next_token_loss(logits, labels, self.ignore_index), new_mems, new_states
+
+    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """The one loss protocol: cross-entropy of ids (b n) of any length against
+        targets (b n), skipping ``ignore_index``; run in segments of max_seq_len
+        with memories and states carried (``RecurrentTrainWrapper``'s defaults)."""
+        check(
+            targets.shape == ids.shape,
+            f"targets must have the shape of ids {tuple(ids.shape)}, "
+            f"got {tuple(targets.shape)}",
         )
-        return loss, new_mems, new_states
+        logits = RecurrentTrainWrapper(self).logits(ids)[0]
+        return _next_token_loss(logits, targets, self.ignore_index)
 
 
 class RecurrentTrainWrapper(nn.Module):
@@ -282,23 +303,14 @@ class RecurrentTrainWrapper(nn.Module):
         """Mean next-token loss of seq (b n), n >= 2."""
         check(seq.ndim == 2 and seq.shape[1] >= 2, "seq must be (b n) with n >= 2")
         logits, mems, states = self.logits(seq[:, :-1])
-        loss = F.cross_entropy(
-            logits.flatten(0, 1),
-            seq[:, 1:].flatten(),
-            ignore_index=self.transformer.ignore_index,
-        )
+        loss = _next_token_loss(logits, seq[:, 1:], self.transformer.ignore_index)
         return (loss, mems, states) if return_memories_and_states else loss
 
     @torch.no_grad()
     def generate(
-        self,
-        prime: Tensor,
-        length: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+        self, prime: Tensor, length: int, *, temperature: float = 1.0,
+        top_k: int | None = None, generator: torch.Generator | None = None,
+    ) -> Tensor:  # fmt: skip
         """Continue prime (b n) up to ``length`` tokens in all; returns the
         ``length - n`` new ones. Each new token is one more call of the model
         with the cached memories and states (exact, as a segment may end
@@ -324,7 +336,10 @@ RecurrentTrainerWrapper = RecurrentTrainWrapper  # the seed package's spelling
 
 
 class BlockRecurrentLM(nn.Module):
-    """ids (b n) of any length -> logits (b n v), for ``minimodels.train``."""
+    """The loss protocol's ``lm(ids) -> logits (b n v)``, ids of any length, for
+    ``minimodels.train``: the seed's ``model(seq)`` returns (logits, memories,
+    states), so the protocol's call goes through the wrapper. ``lm.loss(ids,
+    targets)`` is the model's."""
 
     def __init__(self, wrapper: RecurrentTrainWrapper) -> None:
         super().__init__()
@@ -333,37 +348,5 @@ class BlockRecurrentLM(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         return self.wrapper.logits(ids)[0]
 
-
-def distant_recall(
-    num_examples: int,
-    *,
-    block_width: int,
-    gap_blocks: int,
-    num_pairs: int = 4,
-    num_keys: int = 16,
-    num_values: int = 16,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Key-value recall whose answers lie ``gap_blocks`` blocks back.
-
-    Block 0 holds ``num_pairs`` pairs ``k v`` (distinct keys) then noise; then come
-    ``gap_blocks`` blocks of noise; the last block is noise then every key once,
-    in a new order, each to be answered with its value (its target; -100
-    elsewhere). Tokens: keys [0, K), values [K, K+V), noise K+V.
-    Returns (x, y) of shape (N, (gap_blocks + 2) * block_width).
-    """
-    check_positive(num_examples=num_examples, num_pairs=num_pairs)
-    check(gap_blocks >= 0, f"gap_blocks must be >= 0, got {gap_blocks}")
-    check(2 * num_pairs <= block_width, "2 * num_pairs must be <= block_width")
-    check(num_pairs <= num_keys, f"num_pairs must be <= num_keys ({num_keys})")
-    g = torch.Generator().manual_seed(seed)
-    n, w, noise = num_examples, block_width, num_keys + num_values
-    keys = torch.rand(n, num_keys, generator=g).argsort(-1)[:, :num_pairs]
-    values = torch.randint(num_keys, noise, (n, num_pairs), generator=g)
-    x = torch.full((n, (gap_blocks + 2) * w), noise, dtype=torch.long)
-    x[:, : 2 * num_pairs] = torch.stack((keys, values), -1).flatten(1)
-    order = torch.rand(n, num_pairs, generator=g).argsort(-1)
-    x[:, -num_pairs:] = keys.gather(1, order)
-    y = torch.full_like(x, -100)
-    y[:, -num_pairs:] = values.gather(1, order)
-    return x, y
+    def loss(self, ids: Tensor, targets: Tensor) -> Tensor:
+        return self.wrapper.transformer.loss(ids, targets)

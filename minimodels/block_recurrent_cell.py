@@ -52,11 +52,16 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from minimodels._util import check, check_divides
-from minimodels.attention import RotaryEmbedding
+from minimodels.attention import (
+    RotaryEmbedding,
+    attention_naive,
+    attention_sdpa,
+    causal_mask,
+    split_heads,
+)
 from minimodels.lm import MLP
 
 __all__ = [
-    "attend",
     "window_mask",
     "DynamicPositionBias",
     "FixedGate",
@@ -67,45 +72,12 @@ __all__ = [
 Gate = Literal["fixed", "lstm"]
 
 
-def attend(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    *,
-    fast: bool = False,
-) -> Tensor:
-    """Softmax attention. q: (b h n d), k and v: (b k m d) with k = 1 or h; mask
-    (True = visible) and bias broadcast to (b h n m). ``fast`` uses SDPA."""
-    k, v = k.expand(*q.shape[:2], *k.shape[2:]), v.expand(*q.shape[:2], *v.shape[2:])
-    if fast:
-        if bias is not None:
-            neg = torch.finfo(q.dtype).min
-            mask = bias if mask is None else bias.masked_fill(~mask, neg)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        s = s + bias
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    return torch.einsum("bhnm,bhmd->bhnd", s.softmax(-1), v)
-
-
 def window_mask(w: int, compressed: int = 0) -> Tensor:
-    """(w, compressed + 2w): query i of a block sees every compressed slot and the
-    keys j of [previous block, current block] with i < j <= i + w (W tokens)."""
-    i, j = torch.arange(w)[:, None], torch.arange(2 * w)[None, :]
-    window = (j > i) & (j <= i + w)
+    """(w, compressed + 2w): query i of a block sees every compressed slot and,
+    of [previous block, current block], the window of the core's
+    ``causal_mask(w, 2w, window=w)``: keys i < j <= i + w (W tokens)."""
+    window = causal_mask(w, 2 * w, window=w)
     return torch.cat((torch.ones(w, compressed, dtype=torch.bool), window), dim=1)
-
-
-def _rotate(x: Tensor, pos: Tensor, inv_freq: Tensor) -> Tensor:
-    """Rotary embedding at (float) positions pos: (n,), x: (... n d)."""
-    angles = pos[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
 class DynamicPositionBias(nn.Module):
@@ -122,7 +94,8 @@ class DynamicPositionBias(nn.Module):
         )
 
     def forward(self, dist: Tensor) -> Tensor:  # dist: (n m) -> (h n m)
-        x = (dist.sign() * dist.abs().log1p()).to(self.mlp[0].weight.dtype)
+        x = dist.sign() * dist.abs().log1p()
+        x = x.to(next(self.mlp.parameters()).dtype)
         return rearrange(self.mlp(x[..., None]), "n m h -> h n m")
 
 
@@ -182,6 +155,7 @@ class BlockAttention(nn.Module):
             gate in ("fixed", "lstm"), f"gate must be 'fixed' or 'lstm', got {gate!r}"
         )
         self.heads, self.kv_heads = heads, 1 if single_head_kv else heads
+        self.dim_head = dim_head
         self.w, self.c, self.fast = block_width, compressed_mem_factor, fast
         self.num_state_vectors, self.carry_states = num_state_vectors, carry_states
         inner, kv = heads * dim_head, self.kv_heads * dim_head
@@ -217,7 +191,16 @@ class BlockAttention(nn.Module):
         return 2 * self.w if self.c else self.w
 
     def _split(self, t: Tensor, heads: int) -> Tensor:
-        return rearrange(t, "b n (h d) -> b h n d", h=heads)
+        return split_heads(t, heads, parts=1)[0]
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor,
+        mask: Tensor | None = None, bias: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """The core's attention: SDPA with ``fast``, else the naive reference;
+        k and v may have one head (broadcast to q's)."""
+        attend = attention_sdpa if self.fast else attention_naive
+        return attend(q, k, v, mask=mask, bias=bias)
 
     def _layout(self, kv: Tensor, m: int, r: int, t: int) -> tuple[Tensor, Tensor]:
         """[memory (m), new] keys and values (2 b k m+n d), whose last r + n
@@ -260,21 +243,11 @@ class BlockAttention(nn.Module):
         mask = window_mask(self.w, k_pos.numel() - 2 * self.w).to(qb.device)
         mask = (mask & valid[:, None, :])[:, None]  # (t 1 w m)
         kb, vb, bias = kvb[0], kvb[1], None
-        if self.rotary is not None:
-            qb = _rotate(qb, q_pos, self.rotary.inv_freq)
-            kb = _rotate(kb, k_pos, self.rotary.inv_freq)
-        else:
+        if self.pos_bias is not None:
             bias = self.pos_bias(q_pos[:, None] - k_pos[None, :]).to(qb.dtype)
-        b = qb.shape[0]
-        out = attend(
-            qb.flatten(0, 1),
-            kb.flatten(0, 1),
-            vb.flatten(0, 1),
-            mask.repeat(b, 1, 1, 1),
-            bias,
-            fast=self.fast,
-        )
-        return rearrange(out, "(b t) h w d -> b t h w d", b=b)
+        elif self.rotary is not None:
+            qb, kb = self.rotary(qb, q_pos), self.rotary(kb, k_pos)
+        return self._attend(qb, kb, vb, mask=mask, bias=bias)
 
     def _state_qkv(self, states: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         s = self.state_norm(states) + self.state_ids  # learned state IDs
@@ -312,8 +285,8 @@ class BlockAttention(nn.Module):
             kx, vx = cur[0, :, i], cur[1, :, i]
             h = torch.cat(
                 (
-                    attend(q_self, sk, sv, fast=self.fast),
-                    attend(q_cross, kx, vx, ok[i, None], fast=self.fast),
+                    self._attend(q_self, sk, sv),
+                    self._attend(q_cross, kx, vx, mask=ok[i, None]),
                 ),
                 dim=-1,
             )
@@ -335,9 +308,7 @@ class BlockAttention(nn.Module):
         r = m % w  # tokens of an unfinished block, at the end of the memory
         t = math.ceil((r + n) / w)
         q = self._blocks_of(self._split(self.to_q(x), self.heads), r, t)
-        kv = rearrange(
-            self.to_kv(x), "b n (two k d) -> two b k n d", two=2, k=self.kv_heads
-        )
+        kv = torch.stack(split_heads(self.to_kv(x), self.kv_heads, parts=2))
         kv_all = kv if mem is None else torch.cat((mem, kv), dim=3)
         blocks, ok = self._layout(kv_all, m, r, t)
         out = self._window_attention(q, *self._windows(blocks, ok, t))
@@ -349,13 +320,8 @@ class BlockAttention(nn.Module):
                 c0, blocks[:, :, u0:], ok[u0:], (r + n) // w
             )
             qc = self._blocks_of(self._split(self.to_q_cross(x), self.heads), r, t)
-            cross = attend(
-                qc.flatten(0, 1),
-                skv[0].flatten(0, 1),
-                skv[1].flatten(0, 1),
-                fast=self.fast,
-            )
-            out = torch.cat((out, cross.unflatten(0, (b, t))), -1)
+            cross = self._attend(qc, skv[0], skv[1])  # (b t h w d)
+            out = torch.cat((out, cross), -1)
         out = rearrange(out, "b t h w e -> b (t w) (h e)")[:, r : r + n]
         keep = self.memory_len + (r + n) % w
         return self.to_out(out), kv_all[:, :, :, -keep:], new_state

@@ -13,9 +13,10 @@ from minimodels.block_recurrent import (
     BlockRecurrentLM,
     BlockRecurrentTransformer,
     RecurrentTrainWrapper,
-    attend,
-    distant_recall,
 )
+from minimodels.block_recurrent_cell import window_mask
+from minimodels.data import distant_recall
+from minimodels.lm import Shell
 from minimodels.testing import assert_causal, assert_same
 
 
@@ -40,6 +41,15 @@ OPTIONS = [
 ]  # fmt: skip
 
 
+def attend(q, k, v, mask=None):
+    """Softmax attention written out, k and v with 1 or h heads."""
+    k, v = (t.expand(*q.shape[:2], *t.shape[2:]) for t in (k, v))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s.softmax(-1) @ v
+
+
 def reference_layer(layer: BlockAttention, x: torch.Tensor):
     """The same layer written plainly over the whole sequence: a banded causal
     mask with absolute rotary positions, then the states block by block (each
@@ -51,7 +61,7 @@ def reference_layer(layer: BlockAttention, x: torch.Tensor):
     k, v = (split(t, kh) for t in layer.to_kv(x).chunk(2, -1))
     rot = RotaryEmbedding(q.shape[-1]).to(x.dtype)
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
-    out = attend(rot(q), rot(k), v, (j <= i) & (j > i - w))
+    out = attend(rot(q), rot(k), v, mask=(j <= i) & (j > i - w))
     if not layer.num_state_vectors:
         return layer.to_out(rearrange(out, "b h n d -> b n (h d)")), None
     c = layer.initial_state.expand(b, -1, -1)
@@ -270,6 +280,30 @@ def test_train_adapter_gives_logits():
     model = small_model()
     lm = BlockRecurrentLM(RecurrentTrainWrapper(model))
     assert lm(torch.randint(0, 17, (3, 25))).shape == (3, 25, 17)
+
+
+def test_the_shell_and_its_loss_protocol():
+    model = small_model()
+    assert isinstance(model, Shell) and model.head.out_features == 17
+    ids, targets = torch.randint(0, 17, (2, 30)), torch.randint(0, 17, (2, 30))
+    targets[:, :7] = -100  # skipped
+    logits = RecurrentTrainWrapper(model).logits(ids)[0]  # 30 > max_seq_len
+    want = F.cross_entropy(logits[:, 7:].flatten(0, 1), targets[:, 7:].flatten())
+    torch.testing.assert_close(model.loss(ids, targets), want)
+    lm = BlockRecurrentLM(RecurrentTrainWrapper(model))
+    torch.testing.assert_close(lm.loss(ids, targets), want)
+    with pytest.raises(ValueError, match="targets must have the shape of ids"):
+        model.loss(ids, targets[:, 1:])
+
+
+def test_window_mask_by_hand():
+    # blocks of 3: query i sees [previous block, current block] keys i < j <= i + 3,
+    # after 2 always-visible compressed slots
+    assert window_mask(3, 2).int().tolist() == [
+        [1, 1, 0, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 1, 0],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+    ]
 
 
 def test_seed_readme_example_runs():
