@@ -1,5 +1,6 @@
-# make test   : lint, unit tests, notebooks in sync, every chapter executed once by
-#               nbval (the book build reuses those executions from the jupyter-cache),
+# make test   : lint (ruff, and mypy type-checks the package), unit tests, notebooks
+#               in sync, every chapter executed once by nbval (the book build
+#               reuses those executions from the jupyter-cache),
 #               the book built with warnings as errors, the site checked in a browser,
 #               and a table of each chapter's time against its budget
 # make book   : build the HTML site (fully offline) and print where to open it; a
@@ -38,6 +39,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy minimodels
 
 config: install
 	$(PY) scripts/book.py config
