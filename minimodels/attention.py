@@ -50,14 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from minimodels._util import (
-    check,
-    check_divides,
-    check_int,
-    check_ndim,
-    check_positive,
-    default,
-)
+from minimodels._util import check, check_divides, check_int, check_ndim, check_positive
 
 __all__ = [
     "attention_naive",
@@ -152,23 +145,16 @@ def _prepare(
 
 
 def attention_naive(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    window: int | None = None,
-) -> Tensor:
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None,
+    *, mask: Tensor | None = None, bias: Tensor | None = None, window: int | None = None
+) -> Tensor:  # fmt: skip
     """Plain attention that materializes the (n, m) score matrix.
 
     q: (... h n d), k and v: (... k m d) -> (... h n d); mask and bias broadcast
     to (... h n m).
     """
     k, v, visible, empty = _prepare(q, k, v, causal, mask, bias, window)
-    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = torch.einsum("...hnd,...hmd->...hnm", q, k) * scale
     if bias is not None:
         s = s + bias
@@ -181,16 +167,9 @@ def attention_naive(
 
 
 def attention_sdpa(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    window: int | None = None,
-) -> Tensor:
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None,
+    *, mask: Tensor | None = None, bias: Tensor | None = None, window: int | None = None
+) -> Tensor:  # fmt: skip
     """The same attention through ``F.scaled_dot_product_attention`` (fused kernels).
 
     SDPA's ``is_causal`` aligns the mask to the *start*; for n != m, a window, a
@@ -225,14 +204,9 @@ def _look_back(x: Tensor, look_back: int) -> Tensor:
 
 
 def local_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    window: int,
-    *,
-    look_back: int = 1,
+    q: Tensor, k: Tensor, v: Tensor, window: int, *, look_back: int = 1,
     fast: bool = True,
-) -> Tensor:
+) -> Tensor:  # fmt: skip
     """Causal sliding-window attention in blocks: query i sees the L w keys
     i - L w < j <= i (L = ``look_back``), computed as blocks of w queries against
     their own block and the L before it, so memory is O(n (L+1) w), not O(n^2).
@@ -272,257 +246,6 @@ def split_heads(x: Tensor, heads: int, parts: int = 3) -> tuple[Tensor, ...]:
 def merge_heads(x: Tensor) -> Tensor:
     """(... h n d) -> (... n (h d)), the inverse of one ``split_heads`` part."""
     return rearrange(x, "... h n d -> ... n (h d)")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 inputs are computed in fp32, as the kernels accumulate in fp32."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _scores(
-    q_i: Tensor, k_j: Tensor, scale: float, causal: bool, i0: int, j0: int, shift: int
-) -> Tensor:
-    """Scaled scores of query block i (starting at row i0) against key block j
-    (starting at key j0), -inf where the end-aligned causal mask hides a key."""
-    s = torch.einsum("bhid,bhjd->bhij", q_i, k_j) * scale
-    if causal:
-        i = torch.arange(i0, i0 + q_i.shape[2], device=s.device)[:, None]
-        j = torch.arange(j0, j0 + k_j.shape[2], device=s.device)[None, :]
-        s = s.masked_fill(j > i + shift, float("-inf"))
-    return s
-
-
-def _finite(m: Tensor) -> Tensor:
-    """A row max of -inf (no visible key yet) is replaced by 0, so exp(s - m) is 0
-    and not exp(-inf + inf) = nan."""
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
-
-
-def _ladder_setup(
-    q: Tensor, k: Tensor, v: Tensor, scale: float | None, block_m: int, block_n: int
-) -> tuple[Tensor, Tensor, Tensor, float, int]:
-    _check_qkv(q, k, v)
-    check_positive(block_m=block_m, block_n=block_n)
-    work = _work_dtype(q.dtype)
-    scale = default(scale, 1.0 / math.sqrt(q.shape[-1]))
-    return q.to(work), k.to(work), v.to(work), scale, k.shape[2] - q.shape[2]
-
-
-def attention_tiled(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-) -> Tensor:
-    """Exact attention over (block_m x block_n) tiles, softmax in two passes.
-
-    Pass 1 finds each row's max over all key blocks; pass 2, knowing the final
-    max, sums exp(s - m) and the weighted values. No rescaling is needed, but
-    every key block is read twice. q: (b h n d), k and v: (b h m d) -> (b h n d).
-    """
-    dtype = q.dtype
-    q, k, v, scale, shift = _ladder_setup(q, k, v, scale, block_m, block_n)
-    n, m_len = q.shape[2], k.shape[2]
-    out = []
-    for i0 in range(0, n, block_m):
-        q_i = q[:, :, i0 : i0 + block_m]
-        row_max = q_i.new_full(q_i.shape[:3], float("-inf"))  # (b h i)
-        for j0 in range(0, m_len, block_n):  # pass 1: m_i = max_j s_ij
-            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
-            row_max = torch.maximum(row_max, s.amax(-1))
-        row_max = _finite(row_max)
-        row_sum = torch.zeros_like(row_max)
-        acc = q_i.new_zeros(*q_i.shape[:3], v.shape[-1])
-        for j0 in range(0, m_len, block_n):  # pass 2: l_i and sum_j p_ij v_j
-            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
-            p = torch.exp(s - row_max[..., None])
-            row_sum = row_sum + p.sum(-1)
-            acc = acc + p @ v[:, :, j0 : j0 + block_n]
-        out.append(acc / torch.where(row_sum == 0, 1.0, row_sum)[..., None])
-    return torch.cat(out, dim=2).to(dtype)
-
-
-def online_softmax_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-) -> tuple[Tensor, Tensor]:
-    """One pass over key blocks with a running max and sum (FA2, Algorithm 1).
-
-    Returns the output (b h n d) and the log-sum-exp LSE_i = m_i + log l_i (b h n),
-    -inf for a row that sees no key (its output is 0).
-    """
-    q, k, v, scale, shift = _ladder_setup(q, k, v, scale, block_m, block_n)
-    n, m_len = q.shape[2], k.shape[2]
-    outs, lses = [], []
-    for i0 in range(0, n, block_m):
-        q_i = q[:, :, i0 : i0 + block_m]
-        m_i = q_i.new_full(q_i.shape[:3], float("-inf"))  # running max (b h i)
-        l_i = torch.zeros_like(m_i)  # running sum of exp(s - m_i)
-        acc = q_i.new_zeros(*q_i.shape[:3], v.shape[-1])  # running sum of p v
-        for j0 in range(0, m_len, block_n):
-            s = _scores(q_i, k[:, :, j0 : j0 + block_n], scale, causal, i0, j0, shift)
-            m_new = _finite(torch.maximum(m_i, s.amax(-1)))
-            alpha = torch.exp(m_i - m_new)  # rescales what was summed so far
-            p = torch.exp(s - m_new[..., None])
-            l_i = alpha * l_i + p.sum(-1)
-            acc = alpha[..., None] * acc + p @ v[:, :, j0 : j0 + block_n]
-            m_i = m_new
-        outs.append(acc / torch.where(l_i == 0, 1.0, l_i)[..., None])
-        lses.append(m_i + torch.log(l_i))  # log 0 = -inf: no visible key
-    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
-
-
-def attention_online_softmax(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-) -> Tensor:
-    """FlashAttention's forward in PyTorch: one pass, running max and sum.
-
-    q: (b h n d), k and v: (b h m d) -> (b h n d).
-    """
-    o, _ = online_softmax_forward(
-        q, k, v, causal, scale, block_m=block_m, block_n=block_n
-    )
-    return o.to(q.dtype)
-
-
-def _backward_setup(
-    do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-    scale: float | None,
-) -> tuple[list[Tensor], float]:  # fmt: skip
-    _check_qkv(q, k, v)
-    check(do.shape == o.shape == q.shape[:3] + v.shape[-1:], "do and o: (b h n d)")
-    check(lse.shape == q.shape[:3], f"lse must have shape (b h n), got {lse.shape}")
-    work = _work_dtype(q.dtype)
-    tensors = [t.to(work) for t in (do, q, k, v, o, lse)]
-    tensors[-1] = torch.where(torch.isinf(lse), float("inf"), tensors[-1])  # P = 0
-    return tensors, default(scale, 1.0 / math.sqrt(q.shape[-1]))
-
-
-def attention_backward(
-    do: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """FA2's backward equations (Algorithm 2) on whole matrices, P recomputed from
-    the saved LSE. Holds P, dP and dS: three (b h n m) tensors.
-
-    do and o: (b h n d), lse: (b h n) -> dq (b h n d), dk and dv (b h m d).
-    """
-    (do, q, k, v, o, lse), scale = _backward_setup(do, q, k, v, o, lse, scale)
-    s = _scores(q, k, scale, causal, 0, 0, k.shape[2] - q.shape[2])
-    p = torch.exp(s - lse[..., None])  # (b h n m), recomputed from the LSE
-    dv = torch.einsum("bhnm,bhnd->bhmd", p, do)
-    dp = torch.einsum("bhnd,bhmd->bhnm", do, v)
-    delta = (do * o).sum(-1, keepdim=True)  # D_i = rowsum(dO * O) = sum_j P_ij dP_ij
-    ds = p * (dp - delta)
-    dq = torch.einsum("bhnm,bhmd->bhnd", ds, k) * scale
-    dk = torch.einsum("bhnm,bhnd->bhmd", ds, q) * scale
-    return dq, dk, dv
-
-
-def attention_backward_tiled(
-    do: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """FA2's backward tile by tile (Algorithm 2): for each key block j, loop over
-    the query blocks i, recompute P_ij = exp(S_ij - L_i), accumulate dK_j and dV_j,
-    and add dS_ij K_j into dQ_i. Holds one (block_m, block_n) tile of P, dP, dS.
-
-    do and o: (b h n d), lse: (b h n) -> dq (b h n d), dk and dv (b h m d).
-    """
-    check_positive(block_m=block_m, block_n=block_n)
-    (do, q, k, v, o, lse), scale = _backward_setup(do, q, k, v, o, lse, scale)
-    n, m_len, shift = q.shape[2], k.shape[2], k.shape[2] - q.shape[2]
-    delta = (do * o).sum(-1)  # D_i, (b h n)
-    dq, dks, dvs = torch.zeros_like(q), [], []
-    for j0 in range(0, m_len, block_n):
-        k_j, v_j = k[:, :, j0 : j0 + block_n], v[:, :, j0 : j0 + block_n]
-        dk_j, dv_j = torch.zeros_like(k_j), torch.zeros_like(v_j)
-        for i0 in range(0, n, block_m):
-            rows = slice(i0, i0 + block_m)
-            q_i, do_i = q[:, :, rows], do[:, :, rows]
-            s = _scores(q_i, k_j, scale, causal, i0, j0, shift)
-            p = torch.exp(s - lse[:, :, rows, None])  # (b h i j)
-            dv_j += p.transpose(-1, -2) @ do_i
-            ds = p * (do_i @ v_j.transpose(-1, -2) - delta[:, :, rows, None])
-            dq[:, :, rows] += (ds @ k_j) * scale
-            dk_j += (ds.transpose(-1, -2) @ q_i) * scale
-        dks.append(dk_j)
-        dvs.append(dv_j)
-    return dq, torch.cat(dks, dim=2), torch.cat(dvs, dim=2)
-
-
-class _FlashTorch(torch.autograd.Function):
-    """Saves q, k, v, o and the LSE; the backward recomputes P tile by tile."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal, scale, block_m, block_n):  # type: ignore[override]
-        blocks = {"block_m": block_m, "block_n": block_n}
-        o, lse = online_softmax_forward(q, k, v, causal, scale, **blocks)
-        o = o.to(q.dtype)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale, ctx.blocks = causal, scale, blocks
-        return o
-
-    @staticmethod
-    def backward(ctx, do):  # type: ignore[override]
-        q, k, v, o, lse = ctx.saved_tensors
-        grads = attention_backward_tiled(
-            do, q, k, v, o, lse, ctx.causal, ctx.scale, **ctx.blocks
-        )
-        dq, dk, dv = (g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
-        return dq, dk, dv, None, None, None, None
-
-
-def attention_flash_torch(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    causal: bool = False,
-    scale: float | None = None,
-    *,
-    block_m: int = 64,
-    block_n: int = 64,
-) -> Tensor:
-    """FlashAttention in PyTorch, forward and backward: ``online_softmax_forward``
-    and ``attention_backward_tiled`` in one autograd Function, which saves
-    q, k, v, o and the LSE for the backward (autograd through ``attention_naive``
-    saves P). q: (b h n d), k and v: (b h m d) -> (b h n d).
-    """
-    _check_qkv(q, k, v)
-    check_positive(block_m=block_m, block_n=block_n)
-    return _FlashTorch.apply(q, k, v, causal, scale, block_m, block_n)
 
 
 class RotaryEmbedding(nn.Module):
@@ -580,7 +303,7 @@ class MultiHeadAttention(nn.Module):
         else:
             check_positive(dim_head=dim_head)
         self.heads = heads
-        self.dim_head = default(dim_head, dim // heads)
+        self.dim_head = dim // heads if dim_head is None else dim_head
         self.causal, self.fast = causal, fast
         inner = heads * self.dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)

@@ -6,20 +6,23 @@ import torch
 from minimodels.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
-    attention_backward,
-    attention_backward_tiled,
-    attention_flash_torch,
     attention_naive,
-    attention_online_softmax,
     attention_sdpa,
-    attention_tiled,
     causal_mask,
     local_attention,
     merge_heads,
-    online_softmax_forward,
     split_heads,
 )
 from minimodels.bench import peak_tensor_bytes
+from minimodels.flash import (
+    attention_backward,
+    attention_backward_tiled,
+    attention_flash_torch,
+    attention_online_softmax,
+    attention_tiled,
+    online_softmax_forward,
+    online_softmax_step,
+)
 from minimodels.testing import assert_causal, assert_same
 
 
@@ -442,3 +445,15 @@ def test_core_bad_input_names_the_argument():
         local_attention(q, k, v, 2, look_back=0)
     with pytest.raises(ValueError, match="positions"):
         RotaryEmbedding(8)(q, torch.arange(3))
+
+
+def test_online_softmax_step_rescales_to_the_whole_row():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 2, 3, 10, generator=g, dtype=torch.float64) * 5
+    v = torch.randn(1, 2, 10, 4, generator=g, dtype=torch.float64)
+    m = torch.full((1, 2, 3), float("-inf"), dtype=torch.float64)
+    l, acc = torch.zeros_like(m), torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    for cols in (slice(0, 4), slice(4, 10)):  # two key blocks, the max moves
+        m, l, acc = online_softmax_step(m, l, acc, s[..., cols], v[:, :, cols])
+    torch.testing.assert_close(m + l.log(), torch.logsumexp(s, -1))
+    torch.testing.assert_close(acc / l[..., None], torch.softmax(s, -1) @ v)
