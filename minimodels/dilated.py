@@ -31,8 +31,9 @@ attention over the boolean union of the patterns. The mixture is computed from t
 log-sum-exp LSE_k = log s_k: a_k = exp(LSE_k - logsumexp_l LSE_l).
 
 Causal masking compares original positions; a ragged last segment is padded and the
-padding is masked. ``dilated_attention_reference`` builds the dense (h n n) pattern
-and runs masked full attention: the O(N^2) check of the O(N) code.
+padding is masked. ``dilated_attention_reference`` is the attention core's
+``attention_naive`` with the dense (h n n) pattern as its mask (and log c_ij as its
+bias): the O(N^2) check of the O(N) code.
 
 Shapes: b batch, h heads, n sequence, d head dim, c model dim, s segments,
 m positions kept per segment (w / r), r dilation, i/j query/key in a segment,
@@ -359,16 +360,12 @@ def dilated_attention_reference(
     """The O(N^2) definition: the core's ``attention_naive`` over the union of
     the branch patterns, a key counted once per branch that sees it (bias
     log c_ij), or once if ``dedupe``. A row that sees no key gives 0."""
-    b, h, n, d = q.shape
+    h, n = q.shape[1:3]
     pairs = make_branches(segment_lengths, dilation_rates)
-    counts = torch.stack(
-        [branch_mask(n, h, w, r, causal=causal) for w, r in pairs]
-    ).sum(0)  # (h n n): c_ij
+    masks = [branch_mask(n, h, w, r, causal=causal) for w, r in pairs]
+    counts = torch.stack(masks).sum(0).to(q.device)  # (h n n): c_ij
     bias = None if dedupe else torch.log(counts.clamp(min=1).to(q.dtype))
-    return attention_naive(
-        q, k, v, scale=scale, mask=(counts > 0).to(q.device),
-        bias=None if bias is None else bias.to(q.device),
-    )  # fmt: skip
+    return attention_naive(q, k, v, scale=scale, mask=counts > 0, bias=bias)
 
 
 class DilatedAttention(nn.Module):
@@ -416,14 +413,6 @@ class DilatedAttention(nn.Module):
         self.k_norm = nn.LayerNorm(self.dim_head) if qk_norm else nn.Identity()
         self.rotary = RotaryEmbedding(self.dim_head) if rotary else None
 
-    @property
-    def segment_lengths(self) -> tuple[int, ...]:
-        return tuple(w for w, _ in self.branches)
-
-    @property
-    def dilation_rates(self) -> tuple[int, ...]:
-        return tuple(r for _, r in self.branches)
-
     def qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (b n c) to q, k, v (b h n d); ``offset`` is x's first position."""
         q, k, v = split_heads(self.to_qkv(x), self.heads)
@@ -438,10 +427,10 @@ class DilatedAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         check_ndim("x", x, 3, "b n c")
         check(x.shape[1] > 0, "x is an empty sequence (n = 0)")
-        q, k, v = self.qkv(x)
+        segment_lengths, dilation_rates = zip(*self.branches)
         o = dilated_attention(
-            q, k, v, self.segment_lengths, self.dilation_rates,
-            causal=self.causal, dedupe=self.dedupe,
+            *self.qkv(x), segment_lengths, dilation_rates, causal=self.causal,
+            dedupe=self.dedupe,
         )  # fmt: skip
         return self.out(o)
 

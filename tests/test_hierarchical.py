@@ -9,14 +9,11 @@ from minimodels.attention import attention_naive, local_attention
 from minimodels.hierarchical import (
     Compress,
     HierarchicalTransformer,
-    Hourglass,
     LocalAttention,
-    Shorten,
     hierarchical_costs,
-    shift_right,
     token_shift,
-    upsample,
 )
+from minimodels.hourglass import Hourglass, Shorten, shift_right, upsample
 from minimodels.lm import Shell
 from minimodels.testing import assert_causal, assert_same
 
