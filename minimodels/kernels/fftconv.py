@@ -24,7 +24,8 @@ the batch in the frequency domain, dD = sum_t dy u.
 
 The DFT matrices and twiddles are computed in registers (cos and sin), not loaded.
 FFT sizes are powers of two from 256 (16 x 16: ``tl.dot`` needs blocks of 16) to
-4096 (64 x 64), so n <= 2048. Arithmetic is fp32 (IEEE dots unless
+4096 (64 x 64), so n <= 2048; on a GPU the two convolution kernels are autotuned
+(warps, stages) once per FFT size. Arithmetic is fp32 (IEEE dots unless
 ``precision="tf32"``); inputs may be fp16, bf16 or fp32 (bf16 is converted to fp32
 first under the interpreter, whose bf16 is wrong). Offsets are int64.
 
@@ -238,6 +239,24 @@ def _conv_bwd_kernel(
 # --- Python side: layouts, sizes, launches -------------------------------------------
 
 
+def _autotune(kernel):  # noqa: ANN001, ANN202
+    """On a GPU, ``kernel`` tuned over warps (2, 4, 8) x stages (1, 2), once per FFT
+    size (the key: M1, M2 are already powers of two, so they are the buckets)."""
+    configs = [
+        triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 2)
+    ]
+    return triton.autotune(configs, key=["M1", "M2"])(kernel)
+
+
+_fwd_tuned, _bwd_tuned = _autotune(_conv_fwd_kernel), _autotune(_conv_bwd_kernel)
+
+
+def _choose(plain, tuned):  # noqa: ANN001, ANN202
+    """The autotuned kernel on a GPU; the plain one in the interpreter (which has
+    no clock to tune with)."""
+    return plain if interpreted() else tuned
+
+
 def _planes(x: Tensor) -> Tensor:
     """Complex (R, M) -> float32 (R, 2, M): real and imaginary planes."""
     return torch.view_as_real(x.to(torch.complex64)).transpose(-1, -2).contiguous()
@@ -361,7 +380,7 @@ def conv_forward(
     y = torch.empty_like(u)
     d = _per_row(D, u)
     grid = (c, triton.cdiv(b, rows_per_program))
-    _conv_fwd_kernel[grid](
+    _choose(_conv_fwd_kernel, _fwd_tuned)[grid](
         u, spectrum, d, y, n, c, b, rows_per_program, M1=m1, M2=m2,
         HAS_D=D is not None, CONJ=conj, IEEE=_ieee(precision),
     )  # fmt: skip
@@ -390,7 +409,7 @@ def conv_backward(
     dh = torch.empty(c, k, device=u.device, dtype=torch.float32)
     dD = torch.empty(u.shape[0], device=u.device, dtype=torch.float32)
     m1, m2 = _split(m)
-    _conv_bwd_kernel[(c,)](
+    _choose(_conv_bwd_kernel, _bwd_tuned)[(c,)](
         dy, u, spectrum, _per_row(D, u), du, dh, dD, n, k, c, b,
         M1=m1, M2=m2, HAS_D=D is not None, IEEE=_ieee(precision),
     )  # fmt: skip
