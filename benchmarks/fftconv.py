@@ -195,14 +195,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10, help="interleaved rounds")
 
 
+TOY = ["--dim", "2", "--tokens", "32", "--lengths", "16", "--repeats", "1"]
 BENCHMARK = bench.Benchmark(
-    name="fftconv",
-    doc=__doc__,
-    run=run,
-    out="fftconv_{tag}.json",
-    add_arguments=add_arguments,
-    toy=["--dim", "2", "--tokens", "32", "--lengths", "16", "--repeats", "1"],
-)
+    name="fftconv", doc=__doc__, run=run, out="fftconv_{tag}.json",
+    add_arguments=add_arguments, toy=TOY,
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
