@@ -144,6 +144,40 @@ def test_bad_input_names_the_argument():
         fftconv.dft(torch.randn(2, 256, dtype=torch.complex64, device=DEVICE))
 
 
+@pytest.mark.parametrize("n,chunk", [(200, 90), (2500, 2048)])
+def test_state_passing_equals_s4d(n, chunk):
+    """Chunks through the kernel plus the passed state equal S4D's whole-length
+    convolution, outputs and gradients (u and every parameter), also beyond the
+    kernel's largest length (2500 > 2048)."""
+    from minimodels.ssm import S4D
+
+    torch.manual_seed(n)
+    layer = S4D(3, d_state=8).to(DEVICE)
+    u = torch.randn(2, n, 3, device=DEVICE)
+
+    def chunked(u):
+        A_bar, B_bar = layer.discrete()
+        C = torch.view_as_complex(layer.C[0])
+        y = fftconv.ssm_conv_chunked(
+            u.transpose(1, 2), A_bar, B_bar, C, layer.D, chunk=chunk
+        )
+        return y.transpose(1, 2)
+
+    grads = []
+    for fn in (chunked, layer):
+        layer.zero_grad()
+        leaf = u.clone().requires_grad_()
+        y = fn(leaf)
+        (y * torch.cos(torch.arange(n, device=DEVICE))[:, None]).sum().backward()
+        grads.append([y, leaf.grad, *(p.grad for p in layer.parameters())])
+    for ours, ref in zip(*grads):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="chunk must be at most 2048"):
+        A_bar, B_bar = layer.discrete()
+        fftconv.ssm_conv_chunked(u.transpose(1, 2), A_bar, B_bar, A_bar, chunk=4096)
+
+
 @pytest.mark.skipif(CUDA, reason="counts loads in the interpreter")
 def test_bytes_counted_equal_the_formulas():
     """The unfused torch.fft path, operator by operator, and the fused kernel, load

@@ -59,6 +59,7 @@ __all__ = [
     "conv_backward",
     "FFTConv",
     "fft_conv",
+    "ssm_conv_chunked",
     "interpreter_io",
 ]
 
@@ -467,6 +468,54 @@ def fft_conv(
     D_rows = None if D is None else D.expand(shape).reshape(-1)
     y = FFTConv.apply(u_rows, h_rows, D_rows, precision)
     return y.reshape(*shape, n)
+
+
+# --- Beyond one kernel: state passing for a diagonal SSM ---------------------------
+
+
+def ssm_conv_chunked(
+    u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, D: Tensor | None = None,
+    *, chunk: int = MAX_FFT_SIZE // 2, precision: str = "ieee",
+) -> Tensor:  # fmt: skip
+    """FlashConv's state passing (H3 paper, Section 4.2): a diagonal SSM's
+    convolution y = K * u + D u (``minimodels.ssm``, eq. (5)) at any length, the
+    fused kernel on chunks of ``chunk`` positions and the SSM's state carried
+    from one chunk to the next. For the chunk u_j starting at position T, of
+    length L, with x the state after position T - 1 (zero before the first):
+
+        y_{T+t} = (K[:L] * u_j)_t + D u_{T+t} + 2 Re(C A_bar^(t+1) x)
+        x <- A_bar^L x + sum_t A_bar^(L-1-t) B_bar u_{T+t}
+
+    u (b d n) real; A_bar, B_bar, C (d s) complex, one mode of each conjugate
+    pair (``S4D.discrete()``, ``S4D.C``); D (d,). Differentiable in all of them.
+    """
+    check(u.ndim == 3, f"u must be (b d n), got shape {tuple(u.shape)}")
+    check(
+        A_bar.shape == B_bar.shape == C.shape and A_bar.shape[0] == u.shape[1],
+        f"A_bar, B_bar, C must be (d s) with d = {u.shape[1]}, got "
+        f"{tuple(A_bar.shape)}, {tuple(B_bar.shape)}, {tuple(C.shape)}",
+    )
+    check_positive(chunk=chunk)
+    check(
+        chunk <= MAX_FFT_SIZE // 2,
+        f"chunk must be at most {MAX_FFT_SIZE // 2} (the kernel's longest), got {chunk}",
+    )
+    n = u.shape[-1]
+    length = min(chunk, n)
+    lags = torch.arange(length + 1, device=u.device)
+    powers = A_bar[..., None] ** lags  # (d s l+1): A_bar^l
+    K = 2 * torch.einsum("ds,dsl->dl", C * B_bar, powers[..., :length]).real
+    x = u.new_zeros(u.shape[0], *A_bar.shape, dtype=A_bar.dtype)  # (b d s)
+    ys = []
+    for start in range(0, n, chunk):
+        u_j = u[..., start : start + chunk]
+        L = u_j.shape[-1]
+        echo = torch.einsum("ds,bds,dsl->bdl", C, x, powers[..., 1 : L + 1])
+        y = fft_conv(u_j, K[:, :L], D, precision=precision)
+        ys.append(y + 2 * echo.real.to(y.dtype))
+        decay = powers[..., :L].flip(-1)  # A_bar^(L-1-t)
+        x = powers[..., L] * x + B_bar * torch.einsum("dsl,bdl->bds", decay, u_j + 0j)
+    return torch.cat(ys, dim=-1)
 
 
 # --- Counting what a kernel moves (interpreter only) --------------------------------
