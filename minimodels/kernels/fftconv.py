@@ -498,7 +498,7 @@ def ssm_conv_chunked(
     check_positive(chunk=chunk)
     check(
         chunk <= MAX_FFT_SIZE // 2,
-        f"chunk must be at most {MAX_FFT_SIZE // 2} (the kernel's longest), got {chunk}",
+        f"chunk must be at most {MAX_FFT_SIZE // 2} (the kernel's limit), got {chunk}",
     )
     n = u.shape[-1]
     length = min(chunk, n)
