@@ -179,44 +179,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     size = {"scale": args.scale, "questions": args.questions}
-    grid = cells(args.tasks, args.contenders, args.seeds, lrs=args.lrs, **size)
-    rows = experiments.run_grid(
-        run_cell, grid, description="block-recurrent grid", **bench.grid_options(args)
-    )
-    print("\n".join(experiments.summary_lines(table(rows), ("task", "contender"))))
-    return rows
+    return cells(args.tasks, args.contenders, args.seeds, lrs=args.lrs, **size)
+
+
+def report(rows: Sequence[dict[str, Any]]) -> str:
+    summary = table(rows)
+    return "\n".join(experiments.summary_lines(summary, ("task", "contender")))
 
 
 BENCHMARK = bench.Benchmark(
-    name="block_recurrent_recall",
-    doc=__doc__,
-    run=run,
-    out="block_recurrent_recall_{tag}.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--scale",
-        "0.02",
-        "--questions",
-        "64",
-        "--tasks",
-        "recall",
-        "--contenders",
-        "skip",
-        "--lrs",
-        "1e-3",
-        "--seeds",
-        "0",
-    ],  # fmt: skip
-    grid=True,
-    device=None,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return BENCHMARK.main(argv)
-
+    "block_recurrent_recall", __doc__, grid, "block_recurrent_recall_{tag}.json",
+    add_arguments, cell=run_cell, report=report, device=None,
+    toy="--scale 0.02 --questions 64 --tasks recall --contenders skip --lrs 1e-3 "
+    "--seeds 0".split(),
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from minimodels import bench, experiments
+from minimodels import bench
 from minimodels.attention import MultiHeadAttention
 from minimodels.data import associative_recall
 from minimodels.lm import LM, mixer_factory
@@ -209,42 +209,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=RECIPE["dim"])
 
 
-def run_args(args: argparse.Namespace) -> list[dict[str, Any]]:
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     plan = [p for p in PLAN if p[0] in args.contenders]
     if args.lrs is not None:
         plan = [(c, lr) for c in args.contenders for lr in args.lrs]
-    grid = cells(plan, args.seeds, steps=args.steps, dim=args.dim)
-    return experiments.run_grid(
-        run, grid, description="ch00 recall", **bench.grid_options(args)
-    )
+    return cells(plan, args.seeds, steps=args.steps, dim=args.dim)
 
 
 BENCHMARK = bench.Benchmark(
-    name="ch00_recall",
-    doc=__doc__,
-    run=run_args,
-    out="ch00_recall.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--contenders",
-        "he",
-        "--lrs",
-        "1e-3",
-        "--seeds",
-        "0",
-        "--steps",
-        "2",
-        "--dim",
-        "16",
-    ],  # fmt: skip
-    grid=True,
-    device=None,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return BENCHMARK.main(argv)
-
+    "ch00_recall", __doc__, grid, "ch00_recall.json", add_arguments, cell=run,
+    toy="--contenders he --lrs 1e-3 --seeds 0 --steps 2 --dim 16".split(), device=None
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

@@ -194,13 +194,9 @@ def _out(args: argparse.Namespace) -> str:
 
 
 BENCHMARK = bench.Benchmark(
-    name="conv",
-    doc=__doc__,
-    run=run,
-    out=_out,
-    add_arguments=add_arguments,
+    "conv", __doc__, run, _out, add_arguments,
     toy=["--min-log2", "4", "--max-log2", "5", "--repeats", "1"],
-)
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -120,30 +120,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": config, "rows": rows, "time_exponent": fits}
 
 
+TOY = "--sizes 64 128 --dim 16 --heads 2 --w0 8 --branches 2 --dense-max 64"
 BENCHMARK = bench.Benchmark(
-    name="dilated",
-    doc=__doc__,
-    run=run,
-    out="dilated_{tag}.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--sizes",
-        "64",
-        "128",
-        "--dim",
-        "16",
-        "--heads",
-        "2",
-        "--w0",
-        "8",
-        "--branches",
-        "2",
-        "--dense-max",
-        "64",
-        "--repeats",
-        "1",
-    ],  # fmt: skip
-)
+    "dilated", __doc__, run, "dilated_{tag}.json", add_arguments,
+    toy=[*TOY.split(), "--repeats", "1"],
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

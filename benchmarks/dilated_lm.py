@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from minimodels import bench, experiments
+from minimodels import bench
 from minimodels.data import random_windows, stdlib_corpus
 from minimodels.lm import LM, mixer_factory
 from minimodels.train import TrainConfig, evaluate, train
@@ -97,28 +97,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=64)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    grid = cells(args.seeds, args.lrs, steps=args.steps, dim=args.dim)
-    return experiments.run_grid(
-        run_cell, grid, description="dilated LM", **bench.grid_options(args)
-    )
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return cells(args.seeds, args.lrs, steps=args.steps, dim=args.dim)
 
 
+TOY = ["--seeds", "0", "--lrs", "3e-3", "--steps", "2", "--dim", "16"]
 BENCHMARK = bench.Benchmark(
-    name="dilated_lm",
-    doc=__doc__,
-    run=run,
-    out="dilated_lm.json",
-    add_arguments=add_arguments,
-    toy=["--seeds", "0", "--lrs", "3e-3", "--steps", "2", "--dim", "16"],
-    grid=True,
-    device=None,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return BENCHMARK.main(argv)
-
+    "dilated_lm", __doc__, grid, "dilated_lm.json", add_arguments, TOY,
+    cell=run_cell, device=None,
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

@@ -183,15 +183,11 @@ def run_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+TOY = "--seq-lens 32 --tokens 32 --hidden 32 --repeats 1"
 BENCHMARK = bench.Benchmark(
-    name="flash",
-    doc=__doc__,
-    run=run_args,
-    out="flash_{tag}.json",
-    add_arguments=add_arguments,
-    toy=["--seq-lens", "32", "--tokens", "32", "--hidden", "32", "--repeats", "1"],
+    "flash", __doc__, run_args, "flash_{tag}.json", add_arguments, TOY.split(),
     device="auto",
-)
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,31 +219,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 BENCHMARK = bench.Benchmark(
-    name="h3",
-    doc=__doc__,
-    run=lambda args: run(defaults(args)),
-    out="h3_vs_attention_{tag}.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--lengths",
-        "16",
-        "32",
-        "--dim",
-        "8",
-        "--d-state",
-        "4",
-        "--tokens",
-        "64",
-        "--repeats",
-        "1",
-    ],  # fmt: skip
-    plot=plot,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return BENCHMARK.main(argv)
-
+    "h3", __doc__, lambda args: run(defaults(args)), "h3_vs_attention_{tag}.json",
+    add_arguments, plot=plot,
+    toy="--lengths 16 32 --dim 8 --d-state 4 --tokens 64 --repeats 1".split(),
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

@@ -144,46 +144,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cells the arguments ask for, in ``priority`` order."""
     size = {"scale": args.scale, "questions": args.questions}
-    grid = []
+    chosen = []
     for task in args.tasks:
-        chosen = [c for c in args.contenders if c in TASK_CONTENDERS[task]]
-        grid += cells([task], chosen, args.lrs, args.seeds, **size)
-    grid.sort(key=priority)
-    rows = experiments.run_grid(
-        run_cell, grid, description="h3 recall grid", **bench.grid_options(args)
-    )
-    print("\n".join(experiments.summary_lines(table(rows), ("task", "contender"))))
-    return rows
+        names = [c for c in args.contenders if c in TASK_CONTENDERS[task]]
+        chosen += cells([task], names, args.lrs, args.seeds, **size)
+    return sorted(chosen, key=priority)
 
 
+def report(rows: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(experiments.summary_lines(table(rows), ("task", "contender")))
+
+
+TOY = "--scale 0.02 --questions 64 --contenders attention --lrs 3e-3 --seeds 0"
 BENCHMARK = bench.Benchmark(
-    name="h3_recall",
-    doc=__doc__,
-    run=run,
-    out="h3_recall_{tag}.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--scale",
-        "0.02",
-        "--questions",
-        "64",
-        "--contenders",
-        "attention",
-        "--lrs",
-        "3e-3",
-        "--seeds",
-        "0",
-    ],  # fmt: skip
-    grid=True,
-    device=None,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return BENCHMARK.main(argv)
-
+    "h3_recall", __doc__, grid, "h3_recall_{tag}.json", add_arguments,
+    TOY.split(), cell=run_cell, report=report, device=None,
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

@@ -168,26 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 BENCHMARK = bench.Benchmark(
-    name="hierarchical",
-    doc=__doc__,
-    run=run,
-    out="hierarchical_{tag}.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--dim",
-        "16",
-        "--heads",
-        "2",
-        "--depth",
-        "1",
-        "--seq-len",
-        "32",
-        "--batch",
-        "1",
-        "--repeats",
-        "1",
-    ],  # fmt: skip
-)
+    "hierarchical", __doc__, run, "hierarchical_{tag}.json", add_arguments,
+    toy="--dim 16 --heads 2 --depth 1 --seq-len 32 --batch 1 --repeats 1".split(),
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minimodels import bench, experiments
+from minimodels import bench
 from minimodels.data import random_windows, stdlib_corpus
 from minimodels.hierarchical import HierarchicalTransformer, Hourglass
 from minimodels.lm import count_parameters
@@ -145,38 +145,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="toy runs only")
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     fixed = {} if args.steps is None else {"steps": args.steps}
-    grid = cells(args.contenders, args.seeds, args.lrs, **fixed)
-    return experiments.run_grid(
-        run_cell, grid, description="hierarchical", **bench.grid_options(args)
-    )
+    return cells(args.contenders, args.seeds, args.lrs, **fixed)
 
 
 BENCHMARK = bench.Benchmark(
-    name="hierarchical_lm",
-    doc=__doc__,
-    run=run,
-    out="hierarchical_lm.json",
-    add_arguments=add_arguments,
-    toy=[
-        "--contenders",
-        "hourglass shifted",
-        "--seeds",
-        "0",
-        "--lrs",
-        "3e-3",
-        "--steps",
-        "1",
-    ],  # fmt: skip
-    grid=True,
-    device=None,
-)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return BENCHMARK.main(argv)
-
+    "hierarchical_lm", __doc__, grid, "hierarchical_lm.json", add_arguments,
+    ["--contenders", "hourglass shifted", "--seeds", "0", "--lrs", "3e-3",
+     "--steps", "1"], cell=run_cell, device=None,
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

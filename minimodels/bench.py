@@ -27,12 +27,13 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 from minimodels import experiments
 from minimodels._util import check, check_positive
@@ -154,24 +155,24 @@ def time_interleaved(
     return {name: reduce(ts) for name, ts in times.items()}
 
 
+class Timing(TypedDict, total=False):
+    """``time_interleaved``'s options, as keywords."""
+
+    rounds: int
+    warmup: int
+    best: bool
+    device: str | torch.device
+
+
 def time_interleaved_or_oom(
-    fns: Mapping[str, Callable[[], Any]],
-    *,
-    rounds: int = 3,
-    warmup: int = 1,
-    best: bool = True,
-    device: str | torch.device = "cpu",
+    fns: Mapping[str, Callable[[], Any]], **timing: Unpack[Timing]
 ) -> dict[str, float | None]:
     """``time_interleaved``, where a function that runs out of device memory
     gets None (a row that does not fit is a result, not a crash): after an
     out-of-memory error the functions are timed one by one."""
 
     def timed(some: Mapping[str, Callable[[], Any]]) -> dict[str, float | None]:
-        return dict(
-            time_interleaved(
-                some, rounds=rounds, warmup=warmup, best=best, device=device
-            )
-        )
+        return dict(time_interleaved(some, **timing))
 
     try:
         return timed(fns)
@@ -399,13 +400,22 @@ class Benchmark:
     ``device_tag(args.device)``), ``--toy`` (the arguments ``toy`` first, so
     the run takes seconds; explicit arguments still win), ``--device`` (unless
     ``device`` is None: a CPU-only grid; ``"auto"``: the GPU if there is one),
-    ``--processes`` for a ``grid`` and ``--plot PATH`` when there is a
-    ``plot``. ``add_arguments`` adds the rest.
+    ``--processes`` for a grid and ``--plot PATH`` when there is a ``plot``.
+    ``add_arguments`` adds the rest.
 
-    ``main(argv)`` parses, sets the threads, calls ``run(args)`` and, unless
-    ``grid`` (whose rows ``experiments.run_grid`` writes, given
-    ``grid_options(args)``), saves what it returns with ``save_json``,
-    provenance included (``args.command`` is the command line), then plots.
+    ``main(argv)`` parses, sets the threads and calls ``run(args)``. What
+    happens next depends on the kind:
+
+    - a timing benchmark: ``run`` returns its results, saved with
+      ``save_json``, provenance included (``args.command`` is the command
+      line);
+    - a grid of training runs (``cell``, a module-level ``cell -> metrics``):
+      ``run`` returns the cells, and ``experiments.run_grid`` trains them and
+      writes the rows, which ``main`` returns;
+    - ``grid=True``: ``run`` calls ``experiments.run_grid`` itself (several
+      phases, say), given ``grid_options(args)``.
+
+    Then ``report(result)``, if given, is printed and ``plot`` draws.
     """
 
     name: str  # the module in benchmarks/
@@ -417,6 +427,13 @@ class Benchmark:
     grid: bool = False
     device: str | None = "cpu"  # the default --device; "auto": cuda if available
     plot: Callable[[Any, Path], None] | None = None
+    cell: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
+    report: Callable[[Any], str] | None = None
+
+    @property
+    def writes_rows(self) -> bool:
+        """Whether ``experiments.run_grid`` writes the file (a grid)."""
+        return self.grid or self.cell is not None
 
     def parser(self) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(
@@ -433,7 +450,7 @@ class Benchmark:
         p.add_argument("--out", type=Path, default=None, help="JSON path")
         toy = shlex.join(self.toy) or "the defaults"
         p.add_argument("--toy", action="store_true", help=f"seconds: {toy}")
-        if self.grid:
+        if self.writes_rows:
             p.add_argument("--processes", type=int, default=1, help="worker processes")
         if self.plot is not None:
             p.add_argument("--plot", type=Path, default=None, help="save a figure")
@@ -462,12 +479,18 @@ class Benchmark:
         return self.call(self.parse(argv))
 
     def call(self, args: argparse.Namespace) -> Any:
-        """Set the threads, run, save (unless a grid) and plot; returns what
-        ``run`` returned."""
+        """Set the threads, run (and train the cells of a grid), save, report
+        and plot; returns the results (a grid's rows)."""
         torch.set_num_threads(args.threads)
         result = self.run(args)
-        if not self.grid:
+        if self.cell is not None:
+            result = experiments.run_grid(
+                self.cell, result, description=self.name, **grid_options(args)
+            )
+        elif not self.grid:
             save_json(result, args.out, device=args.device, command=args.command)
+        if self.report is not None:
+            print(self.report(result))
         print(f"wrote {args.out}")
         if self.plot is not None and args.plot is not None:
             self.plot(result, args.plot)

@@ -60,6 +60,8 @@ __all__ = [
 Cell = dict[str, Any]
 Row = dict[str, Any]
 CellFn = Callable[[Cell], Mapping[str, Any]]
+By = Sequence[str]  # the names whose values make a group of rows
+CONTENDER: By = ("contender",)
 
 
 def cpu_model() -> str:
@@ -212,7 +214,7 @@ def tune(
     rows: Sequence[Row],
     *,
     select: str,
-    by: Sequence[str] = ("contender",),
+    by: By = CONTENDER,
     knob: str = "lr",
     higher_is_better: bool = True,
 ) -> list[Row]:
@@ -230,11 +232,7 @@ def tune(
 
 
 def summarize(
-    rows: Sequence[Row],
-    metric: str,
-    *,
-    by: Sequence[str] = ("contender",),
-    seed: str = "seed",
+    rows: Sequence[Row], metric: str, *, by: By = CONTENDER, seed: str = "seed"
 ) -> list[dict[str, Any]]:
     """Mean, min and max of ``metric`` over seeds for each group ``by``."""
     summary = []
