@@ -387,7 +387,7 @@ def figures_dir(start: str | Path | None = None) -> Path:
 
 # --- the benchmark harness ----------------------------------------------------------
 
-Arguments = Callable[[argparse.ArgumentParser], None]
+Arguments = Callable[[argparse.ArgumentParser], object]  # adds options
 
 
 @dataclass(frozen=True)

@@ -191,3 +191,26 @@ def test_plot_loglog_writes_a_figure(tmp_path):
     series = {"a": [(1, 1.0), (2, 4.0)], "b": [(1, 2.0), (2, None)]}
     path = bench.plot_loglog(series, tmp_path / "f.png", xlabel="n", ylabel="s")
     assert path.stat().st_size > 1000
+
+
+def _square(cell):
+    return {"m": cell["seed"] ** 2}
+
+
+def test_grid_benchmark_of_cells_trains_reports_and_keeps_rows(tmp_path, capsys):
+    from minimodels import experiments
+
+    grid = bench.Benchmark(
+        "cells", None, lambda args: [{"seed": s} for s in args.seeds], "cells.json",
+        lambda p: p.add_argument("--seeds", type=int, nargs="+", default=[1, 2]),
+        toy=["--seeds", "3"], cell=_square, device=None,
+        report=lambda rows: f"{len(rows)} rows",
+    )  # fmt: skip
+    out = tmp_path / "c.json"
+    assert grid.main(["--toy", "--out", str(out)]) == [{"seed": 3, "m": 9}]
+    assert "1 rows" in capsys.readouterr().out
+    rows = grid.main(["--out", str(out), "--threads", "1"])
+    assert rows == [{"seed": 1, "m": 1}, {"seed": 2, "m": 4}]
+    stored = experiments.load(out)
+    assert stored["rows"] == [*rows, {"seed": 3, "m": 9}]  # the toy row is kept
+    assert stored["provenance"]["command"].endswith("--threads 1")
