@@ -477,7 +477,7 @@ def ssm_conv_chunked(
     u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, D: Tensor | None = None,
     *, chunk: int = MAX_FFT_SIZE // 2, precision: str = "ieee",
 ) -> Tensor:  # fmt: skip
-    """FlashConv's state passing (H3 paper, Section 4.2): a diagonal SSM's
+    """FlashConv's state passing (H3 paper, Section 4): a diagonal SSM's
     convolution y = K * u + D u (``minimodels.ssm``, eq. (5)) at any length, the
     fused kernel on chunks of ``chunk`` positions and the SSM's state carried
     from one chunk to the next. For the chunk u_j starting at position T, of
