@@ -283,7 +283,10 @@ def dft(x: Tensor, *, block_rows: int = 16, precision: str = "ieee") -> Tensor:
         m in (16, 32, 64, 128),
         f"step 1 takes m in 16, 32, 64, 128 (one tile), got {m}",
     )
-    check(block_rows >= 16, f"block_rows must be at least 16, got {block_rows}")
+    check(
+        block_rows >= 16 and block_rows & (block_rows - 1) == 0,
+        f"block_rows must be a power of two of at least 16, got {block_rows}",
+    )
     p, ieee = _planes(x), _ieee(precision)
     out = torch.empty_like(p)
     grid = (triton.cdiv(x.shape[0], block_rows),)
