@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the chapters, their modules and experiments")
-    names = list(bakeoff.CONTENDERS)
+    names = list(registry.MODELS)  # every model is a contender of the bake-off
     recipe = bakeoff.RECIPE
     run = commands.add_parser("run", help="train one chapter's model on a task")
     run.add_argument("contender", choices=names)

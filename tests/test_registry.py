@@ -98,22 +98,34 @@ def test_top_level_names_are_the_registrys_imported_on_first_use(fresh_python):
     """)
 
 
-LOWER_FLOORS = ["_util", "manifest", "optim", "data", "lm"]
-
-
-@pytest.mark.parametrize("name", LOWER_FLOORS)
-def test_lower_floors_import_no_chapter_module_and_not_the_registry(name):
-    """Imports go down the floors only: a module that chapter modules build on
-    names no chapter module (nor the registry, which names them all) at its top;
-    ``lm`` reaches the registry inside ``mixer_factory``, at call time."""
-    upper = {"minimodels.registry", "minimodels.bakeoff", "minimodels.__main__"}
-    upper |= {m.module for m in registry.MODELS.values()}
-    tree = ast.parse((ROOT / "minimodels" / f"{name}.py").read_text())
+def _top_level_imports(module: str) -> set[str]:
+    path = ROOT / (module.replace(".", "/") + ".py")
     imported = set()
-    for node in tree.body:
+    for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
             imported |= {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
             imported |= {a.name for a in node.names}
-    assert not imported & upper, imported & upper
+    return imported
+
+
+CHAPTER_MODULES = sorted({m.module for m in registry.MODELS.values()})
+UPPER = {"minimodels.registry", "minimodels.bakeoff", "minimodels.__main__"}
+
+
+@pytest.mark.parametrize("name", ["_util", "manifest", "optim", "data", "lm"])
+def test_lower_floors_import_no_chapter_module_and_not_the_registry(name):
+    """Imports go down the floors only: a module that chapter modules build on
+    names no chapter module (nor the registry, which names them all) at its top;
+    ``lm`` reaches the registry inside ``mixer_factory``, at call time."""
+    imported = _top_level_imports(f"minimodels.{name}")
+    assert not imported & (UPPER | set(CHAPTER_MODULES)), imported
+
+
+@pytest.mark.parametrize("module", CHAPTER_MODULES)
+def test_a_model_module_imports_no_trainer_and_nothing_above_it(module):
+    """Models declare their optimizer settings (optim.set_optim); training them
+    is the trainer's business, and the registry and the bake-off sit above."""
+    imported = _top_level_imports(module)
+    assert not imported & (UPPER | {"minimodels.train"}), imported
