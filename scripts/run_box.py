@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -21,10 +22,10 @@ import book  # noqa: E402
 GPU_TAG = re.compile(r"^:tags:.*\bskip-execution\b", re.M)
 
 
-def box(chapter: dict, source: str) -> str:
+def box(chapter: Any, source: str) -> str:  # a manifest Chapter
     """The box, as MyST, for a chapter's manifest entry and source text."""
-    minutes = chapter["cpu_budget_s"] / 60
-    stem = Path(chapter["file"]).stem
+    minutes = chapter.cpu_budget_s / 60
+    stem = chapter.stem
     gpu_cells = len(GPU_TAG.findall(source))
     if gpu_cells:
         gpu = (
@@ -45,7 +46,7 @@ def box(chapter: dict, source: str) -> str:
 
 def _add_box(app, docname: str, source: list[str]) -> None:
     chapters = {
-        c["file"].removesuffix(".md"): c for c in book.load_manifest(ROOT)["chapters"]
+        c.file.removesuffix(".md"): c for c in book.load_manifest(ROOT).chapters
     }
     if docname not in chapters:
         return
