@@ -43,6 +43,7 @@ __all__ = [
 
 
 def check_ids(ids: Tensor) -> None:
+    """ids must be a non-empty (b n) batch of integer tokens (errors say which)."""
     check_ndim("ids", ids, 2, "b n")
     check(not ids.is_floating_point(), f"ids must be integer tokens, got {ids.dtype}")
     check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
@@ -101,7 +102,7 @@ class Hourglass(Shell):
 
     def __init__(
         self,
-        num_tokens: int,
+        vocab_size: int,
         dim: int,
         *,
         factor: int = 4,
@@ -109,12 +110,12 @@ class Hourglass(Shell):
         heads: int = 4,
         shift: bool = True,
     ) -> None:
-        check_int(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
-        check_positive(num_tokens=num_tokens, dim=dim, factor=factor, heads=heads)
+        check_int(vocab_size=vocab_size, dim=dim, factor=factor, heads=heads)
+        check_positive(vocab_size=vocab_size, dim=dim, factor=factor, heads=heads)
         check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
         check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
         rng = torch.random.get_rng_state()
-        super().__init__(num_tokens, dim)
+        super().__init__(vocab_size, dim)
         self.factor = factor
 
         def blocks(count: int) -> nn.ModuleList:
