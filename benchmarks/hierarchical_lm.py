@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from minimodels import bench
 from minimodels.data import random_windows, stdlib_corpus
-from minimodels.hierarchical import HierarchicalTransformer, Hourglass
+from minimodels.hierarchical import HierarchicalTransformer
+from minimodels.hourglass import Hourglass
 from minimodels.lm import count_parameters
 from minimodels.train import TrainConfig, evaluate, train
 
