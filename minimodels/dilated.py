@@ -225,7 +225,9 @@ def attend_sparse(
 
     q (b h s i d), k and v (b h s j d), q_pos (h s i), k_pos (h s j): original
     positions; keys at positions >= n are padding. Returns o (b h s i d) and
-    lse (b h s i), -inf (and o = 0) for a query that sees no key.
+    lse (b h s i), -inf (and o = 0) for a query that sees no key, the core's
+    conventions. The core's ``attention_naive`` returns no log-sum-exp, which
+    eq. 10 needs, so the masked softmax is written out here.
     """
     work = torch.promote_types(q.dtype, torch.float32)
     s = torch.einsum("bhsid,bhsjd->bhsij", q.to(work), k.to(work)) * scale
