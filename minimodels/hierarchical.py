@@ -325,7 +325,7 @@ class HierarchicalTransformer(Shell):
                     ff_mult=lv.ff_mult,
                     groups=lv.factor // lv.stride,
                     fast=fast,
-                )  # fmt: skip
+                )
                 for lv in levels
             )
             for _ in range(depth)
