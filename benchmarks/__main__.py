@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in chosen:
         print(f"== {name}")
         module = importlib.import_module(f"benchmarks.{name}")
+        if args.toy and not hasattr(module, "BENCHMARK"):
+            print("skipped: not on the bench.Benchmark harness, no toy size")
+            continue
         toy = ["--toy"] if args.toy else []
         module.main([*toy, "--out", str(args.out_dir / f"{name}.json")])
 

@@ -57,3 +57,15 @@ def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     module.main([*argv, "--out", str(out)])
     assert _rows(json.loads(out.read_text()))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.json"]
+
+
+def test_running_chosen_benchmarks_at_toy_size(tmp_path, capsys):
+    bare = [n for n in names() if n not in _on_harness()][:1]  # no toy size
+    main(["--only", "h3", *bare, "--toy", "--out-dir", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["h3.json"]
+    assert ("skipped" in capsys.readouterr().out) == bool(bare)
+
+
+def _on_harness() -> set[str]:
+    modules = {n: importlib.import_module(f"benchmarks.{n}") for n in names()}
+    return {n for n, m in modules.items() if hasattr(m, "BENCHMARK")}
