@@ -32,6 +32,12 @@ arXiv:1911.02150), and one block of compressed memories ("Compressive
 Transformers", Rae et al., 2019, arXiv:1911.05507): the block that left the window,
 compressed by a strided convolution (trained by the task loss only).
 
+Every softmax is the book's one attention core (``minimodels.attention``):
+``attention_sdpa`` (``fast``) or ``attention_naive``, with the window as a boolean
+mask (``causal_mask(w, 2w, window=w)`` over [previous block, current block]),
+the position bias as ``bias``, single-head keys and values broadcast to every
+query head, and rotary embedding at the window's (float) positions.
+
 Segments need not end on a block boundary. The memories then also hold the r
 tokens of the unfinished block (their length is ``memory_len + r``, so r is
 their length mod W) and the state is the one that block reads; the next call
