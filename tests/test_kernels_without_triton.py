@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-jupytext = pytest.importorskip("jupytext")
+pytest.importorskip("jupytext")
 pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parent.parent
