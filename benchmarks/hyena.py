@@ -69,16 +69,8 @@ def make_pair(
 def fwd_bwd(
     module: nn.Module, batch: int, n: int, dim: int, device: str, dtype: torch.dtype
 ) -> Callable[[], None]:
-    """A closure running forward and backward once on a random input."""
-    x = torch.randn(batch, n, dim, device=device, dtype=dtype, requires_grad=True)
-    grad = torch.randn_like(x)
-
-    def run() -> None:
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x).backward(grad)
-
-    return run
+    """``bench.fwd_bwd`` of ``module`` on a random (batch n dim) input."""
+    return bench.fwd_bwd(module, torch.randn(batch, n, dim, device=device, dtype=dtype))
 
 
 def crossover(rows: Sequence[dict[str, Any]]) -> int | None:
