@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -126,14 +126,17 @@ def time_fn(
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
+K = TypeVar("K")  # the functions' names: strings, lengths, ...
+
+
 def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]],
+    fns: Mapping[K, Callable[[], Any]],
     *,
     rounds: int = 3,
     warmup: int = 1,
     best: bool = True,
     device: str | torch.device = "cpu",
-) -> dict[str, float]:
+) -> dict[K, float]:
     """Seconds of each function, timed in turns: every round runs each function
     once, so whatever else the machine does slows all of them alike. After
     ``warmup`` calls of each, returns the fastest round of each (``best``) or
@@ -143,7 +146,7 @@ def time_interleaved(
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[K, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             _sync(device)
@@ -165,13 +168,13 @@ class Timing(TypedDict, total=False):
 
 
 def time_interleaved_or_oom(
-    fns: Mapping[str, Callable[[], Any]], **timing: Unpack[Timing]
-) -> dict[str, float | None]:
+    fns: Mapping[K, Callable[[], Any]], **timing: Unpack[Timing]
+) -> dict[K, float | None]:
     """``time_interleaved``, where a function that runs out of device memory
     gets None (a row that does not fit is a result, not a crash): after an
     out-of-memory error the functions are timed one by one."""
 
-    def timed(some: Mapping[str, Callable[[], Any]]) -> dict[str, float | None]:
+    def timed(some: Mapping[K, Callable[[], Any]]) -> dict[K, float | None]:
         return dict(time_interleaved(some, **timing))
 
     try:
@@ -179,7 +182,7 @@ def time_interleaved_or_oom(
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    out: dict[str, float | None] = {}
+    out: dict[K, float | None] = {}
     for name, fn in fns.items():
         try:
             out.update(timed({name: fn}))
@@ -397,11 +400,11 @@ class Benchmark:
     Every benchmark gets the same options: ``--threads`` (default 1: on a
     shared machine more threads cost more CPU than they save), ``--out`` (a
     JSON path; default ``figures/data/`` + ``out`` with ``{tag}`` replaced by
-    ``device_tag(args.device)``), ``--toy`` (the arguments ``toy`` first, so
-    the run takes seconds; explicit arguments still win), ``--device`` (unless
-    ``device`` is None: a CPU-only grid; ``"auto"``: the GPU if there is one),
-    ``--processes`` for a grid and ``--plot PATH`` when there is a ``plot``.
-    ``add_arguments`` adds the rest.
+    ``device_tag(args.device)``; ``_build/toy/`` for a toy run), ``--toy``
+    (the arguments ``toy`` first, so the run takes seconds; explicit arguments
+    still win), ``--device`` (unless ``device`` is None: a CPU-only grid;
+    ``"auto"``: the GPU if there is one), ``--processes`` for a grid and
+    ``--plot PATH`` when there is a ``plot``. ``add_arguments`` adds the rest.
 
     ``main(argv)`` parses, sets the threads and calls ``run(args)``. What
     happens next depends on the kind:
@@ -468,10 +471,11 @@ class Benchmark:
             args.device = "cpu"
         check_positive(threads=args.threads)
         args.command = shlex.join(["python", "-m", f"benchmarks.{self.name}", *given])
-        if args.out is None:
+        if args.out is None:  # a toy run never writes over the book's data
             name = self.out if isinstance(self.out, str) else self.out(args)
             name = name.format(tag=device_tag(args.device))
-            args.out = figures_dir() / "data" / name
+            folder = ("_build", "toy") if args.toy else ("figures", "data")
+            args.out = figures_dir().parent.joinpath(*folder, name)
         return args
 
     def main(self, argv: Sequence[str] | None = None) -> Any:

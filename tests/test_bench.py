@@ -156,6 +156,7 @@ def test_benchmark_harness_parses_runs_and_saves(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     monkeypatch.chdir(tmp_path)  # outside a checkout: ./figures/data/
     assert TOY.parse([]).out == tmp_path / "figures" / "data" / "toy_cpu.json"
+    assert TOY.parse(["--toy"]).out == tmp_path / "_build" / "toy" / "toy_cpu.json"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "H200")
     assert TOY.parse(["--device", "cuda"]).out.name == "toy_h200.json"
     with pytest.raises(ValueError, match="threads"):
