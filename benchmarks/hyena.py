@@ -344,11 +344,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     cuda = args.device.startswith("cuda")
-    tag = "h100" if cuda else "cpu"
     if args.experiment == "speed":
         args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
         args.dim = args.dim or (768 if cuda else 64)
         args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+        tag = bench.device_tag(args.device)  # cpu, h100, h200, ...
         args.out = (
             args.out or bench.figures_dir() / f"data/hyena_vs_attention_{tag}.json"
         )
