@@ -1,7 +1,7 @@
 """Chapter 7's trained results: recall beyond the window, and bits per byte.
 
     python -m benchmarks.block_recurrent_recall          # the committed grid
-    python -m benchmarks.block_recurrent_recall --toy    # one cell, for the tests
+    python -m benchmarks.block_recurrent_recall --toy    # one cell, into _build/toy/
 
 Every cell trains one two-layer ``BlockRecurrentTransformer`` (width 64, 4 heads
 of 16, blocks of W = 8 tokens, 8 state vectors in layer 2) as a *contender*:

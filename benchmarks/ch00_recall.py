@@ -21,7 +21,7 @@ step at >= 0.95, and the induction-circuit measurements of ``induction_scores``
 on the test questions.
 
     python -m benchmarks.ch00_recall         # -> figures/data/ch00_recall.json
-    python -m benchmarks.ch00_recall --toy   # one cell, for the tests
+    python -m benchmarks.ch00_recall --toy   # one cell, into _build/toy/
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ windows that choose the learning rate, the second half the test windows that
 score it (non-overlapping, every window scored). Each cell is one (seed, lr).
 
     python -m benchmarks.dilated_lm          # -> figures/data/dilated_lm.json
-    python -m benchmarks.dilated_lm --toy    # seconds, for the tests
+    python -m benchmarks.dilated_lm --toy    # seconds, into _build/toy/
 """
 
 from __future__ import annotations

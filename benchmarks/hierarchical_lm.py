@@ -15,7 +15,7 @@ validation windows choose each contender's learning rate, test windows (disjoint
 score it, bits per byte over every byte of 32 non-overlapping windows each.
 
     python -m benchmarks.hierarchical_lm       # -> figures/data/hierarchical_lm.json
-    python -m benchmarks.hierarchical_lm --toy # seconds, for the tests
+    python -m benchmarks.hierarchical_lm --toy # seconds, into _build/toy/
 """
 
 from __future__ import annotations
