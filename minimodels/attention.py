@@ -54,6 +54,7 @@ from minimodels._util import check, check_divides, check_int, check_ndim, check_
 
 __all__ = [
     "attention_naive",
+    "attention_naive_lse",
     "attention_sdpa",
     "local_attention",
     "causal_mask",
@@ -153,6 +154,28 @@ def attention_naive(
     q: (... h n d), k and v: (... k m d) -> (... h n d); mask and bias broadcast
     to (... h n m).
     """
+    return _naive(q, k, v, causal, scale, mask, bias, window)[0]
+
+
+def attention_naive_lse(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None,
+    *, mask: Tensor | None = None, bias: Tensor | None = None, window: int | None = None
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``attention_naive`` and each row's log-sum-exp of its visible scores,
+    LSE_i = log sum_j exp(s_ij) (... h n): what mixing attentions over different
+    key sets by their softmax denominators needs (dilated attention's branches,
+    ``minimodels.dilated``). A row that sees no key: output 0, LSE -inf."""
+    out, s, empty = _naive(q, k, v, causal, scale, mask, bias, window)
+    lse = torch.logsumexp(s, dim=-1)
+    return out, lse if empty is None else lse.masked_fill(empty[..., 0], float("-inf"))
+
+
+def _naive(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None,
+    mask: Tensor | None, bias: Tensor | None, window: int | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """The output, the masked scores (float32 for fp16/bf16 inputs) and the rows
+    that see no key (None when none can be empty)."""
     k, v, visible, empty = _prepare(q, k, v, causal, mask, bias, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = torch.einsum("...hnd,...hmd->...hnm", q, k) * scale
@@ -160,10 +183,10 @@ def attention_naive(
         s = s + bias
     if visible is not None:
         s = s.masked_fill(~visible, float("-inf"))
-    low_precision = q.dtype in (torch.float16, torch.bfloat16)
-    p = torch.softmax(s, dim=-1, dtype=torch.float32 if low_precision else None)
-    out = torch.einsum("...hnm,...hmd->...hnd", p.to(q.dtype), v)
-    return out if empty is None else out.masked_fill(empty, 0.0)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        s = s.float()
+    out = torch.einsum("...hnm,...hmd->...hnd", s.softmax(-1).to(q.dtype), v)
+    return (out if empty is None else out.masked_fill(empty, 0.0)), s, empty
 
 
 def attention_sdpa(

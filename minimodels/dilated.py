@@ -62,6 +62,7 @@ from minimodels._util import (
 from minimodels.attention import (
     RotaryEmbedding,
     attention_naive,
+    attention_naive_lse,
     merge_heads,
     split_heads,
 )
@@ -210,39 +211,26 @@ def dedupe_bias(
 
 
 def attend_sparse(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
-    *,
-    n: int,
-    causal: bool,
-    scale: float,
-    bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Softmax attention inside each sparsified segment, with its log-sum-exp.
+    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor,
+    *, n: int, causal: bool, scale: float, bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Softmax attention inside each sparsified segment, with its log-sum-exp:
+    the core's ``attention_naive_lse`` with the heads moved next to the rows.
 
     q (b h s i d), k and v (b h s j d), q_pos (h s i), k_pos (h s j): original
     positions; keys at positions >= n are padding. Returns o (b h s i d) and
-    lse (b h s i), -inf (and o = 0) for a query that sees no key, the core's
-    conventions. The core's ``attention_naive`` returns no log-sum-exp, which
-    eq. 10 needs, so the masked softmax is written out here.
+    lse (b h s i), -inf (and o = 0) for a query that sees no key.
     """
+    visible = (k_pos < n)[..., None, :]  # (h s 1 j)
+    if causal:
+        visible = visible & (k_pos[..., None, :] <= q_pos[..., :, None])
     work = torch.promote_types(q.dtype, torch.float32)
-    s = torch.einsum("bhsid,bhsjd->bhsij", q.to(work), k.to(work)) * scale
-    if bias is not None:
-        s = s + bias
-    if causal or bool((k_pos >= n).any()):  # no mask needed: full, unpadded
-        visible = (k_pos < n)[..., None, :]
-        if causal:
-            visible = visible & (k_pos[..., None, :] <= q_pos[..., :, None])
-        s = s.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # -inf for a query that sees no key
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    p = torch.exp(s - safe[..., None])  # 0 where masked, also in empty rows
-    o = torch.einsum("bhsij,bhsjd->bhsid", p, v.to(work))
-    return o.to(q.dtype), lse
+    qs, ks, vs = (t.to(work).transpose(1, 2) for t in (q, k, v))  # (b s h i d)
+    o, lse = attention_naive_lse(
+        qs, ks, vs, scale=scale, mask=visible.transpose(0, 1),
+        bias=None if bias is None else bias.transpose(0, 1),
+    )  # fmt: skip
+    return o.transpose(1, 2).to(q.dtype), lse.transpose(1, 2)
 
 
 def dilated_branch(
