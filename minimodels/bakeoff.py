@@ -237,17 +237,18 @@ VAL_SEED, TEST_SEED = 1, 2  # data seeds of the two question sets
 TRAIN_SEED_OFFSET = 100  # the training sequences of seed s use data seed 100 + s
 LRS = (1e-3, 3e-3, 1e-2)  # the learning rates every contender is tuned over
 
-# The learning rate of each contender in the book's recipe: the best mean
-# validation accuracy over seeds 0-2 among LRS (benchmarks/bakeoff.py,
-# figures/data/bakeoff_cpu.json).
+# The learning rate of each contender in the book's recipe: the best validation
+# accuracy of seed 0 among LRS (a tie goes to the smaller rate: attention's
+# 3e-3 and 1e-2 both reached 1.000); benchmarks/bakeoff.py made the grid,
+# figures/data/bakeoff_cpu.json holds it.
 BEST_LR: dict[str, float] = {
     "attention": 3e-3,
-    "s4d": 1e-2,
-    "h3": 3e-3,
-    "hyena": 3e-3,
+    "s4d": 3e-3,
+    "h3": 1e-2,
+    "hyena": 1e-2,
     "dilated": 3e-3,
     "block_recurrent": 3e-3,
-    "hierarchical": 3e-3,
+    "hierarchical": 1e-2,
 }
 
 _CELL_KEYS = {"contender", "lr", "seed", "dim", *RECIPE}
