@@ -70,21 +70,6 @@ def cells(args: argparse.Namespace, lrs: dict[str, Sequence[float]], seeds) -> l
     ]
 
 
-def stored_cells(out: Path | None) -> list[dict]:
-    """The cells of the rows already in ``out`` (none when it does not exist)."""
-    if out is None or not out.exists():
-        return []
-    names = ["contender", *bakeoff.RECIPE, "lr", "seed"]
-    return [{k: row[k] for k in names} for row in experiments.load(out)["rows"]]
-
-
-def keeping(grid: list[dict], stored: list[dict]) -> list[dict]:
-    """``grid``, then the stored cells it lacks: a call of ``run_grid`` rewrites
-    the file with its own cells only, and must not drop rows of later phases."""
-    keys = {experiments.cell_key(c) for c in grid}
-    return grid + [c for c in stored if experiments.cell_key(c) not in keys]
-
-
 def report(rows: list[dict], title: str) -> str:
     lines = [title, f"{'':16s}{'lr':>8s}{'test mean':>11s}{'min':>7s}{'max':>7s}"]
     lr = {r["contender"]: r["lr"] for r in rows}
@@ -102,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     run = dict(out=args.out, processes=args.processes, threads=args.threads,
                command=command)  # fmt: skip
     # one contender at a time, tuned and then re-run from new seeds, so that an
-    # interrupted run leaves whole contenders; every call keeps the earlier rows
-    stored = stored_cells(args.out)
+    # interrupted run leaves whole contenders (run_grid keeps every stored row)
     done: list[dict] = []
     tuned: list[dict] = []
     new_rows: list[dict] = []
@@ -111,14 +95,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lrs = {name: sorted(set(args.lrs))}
         grid = cells(args, lrs, args.seeds)
         rows = experiments.run_grid(
-            bakeoff.cell, keeping(done + grid, stored), description=f"{name}: tuning",
-            **run,
+            bakeoff.cell, done + grid, description=f"{name}: tuning", **run
         )  # fmt: skip
         best = experiments.tune(rows[len(done) : len(done + grid)], select="val_acc")
         new = cells(args, {name: [best[0]["lr"]]}, args.new_seeds)
         rows = experiments.run_grid(
-            bakeoff.cell, keeping(done + grid + new, stored),
-            description=f"{name}: new seeds", **run,
+            bakeoff.cell, done + grid + new, description=f"{name}: new seeds",
+            **run,
         )  # fmt: skip
         done += grid + new
         tuned += best
