@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 from minimodels.attention import attention_naive, causal_mask  # noqa: E402
 from minimodels.flash import online_softmax_forward  # noqa: E402
-from minimodels.kernels import flash  # noqa: E402
+from minimodels.kernels import flash, tiles  # noqa: E402
 from minimodels.kernels.flash import (  # noqa: E402
     block_plan,
     flash_attention,
@@ -182,7 +182,7 @@ def test_causal_plan_visits_about_half_the_tiles():
 def test_bf16_is_computed_in_fp32_under_the_interpreter():
     """The interpreter's bf16 tl.dot is wrong (values near 8e8): bf16 inputs run in
     fp32 there and come back in bf16, with bf16 gradients."""
-    if flash._interpreted():
+    if tiles.interpreted():
         assert flash.compute_dtype(torch.bfloat16) == torch.float32
     q, k, v = (t.requires_grad_() for t in _qkv(33, 40, 16, dtype=torch.bfloat16))
     out = flash_attention(q, k, v, causal=True)

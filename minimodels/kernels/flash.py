@@ -63,7 +63,6 @@ __all__ = ["flash_forward_block", "flash_forward", "block_plan", "flash_backward
 LOG2E = 1.4426950408889634  # exp(x) = 2^(x log2 e): exp2 is the GPU's native op
 _LOG2E, _LN2 = tl.constexpr(LOG2E), tl.constexpr(math.log(2))
 MAX_HEAD_DIM = 128
-_dot, _interpreted = dot, tiles.interpreted  # the names kernels/fftconv.py imports
 
 
 # --- Step 1: one query block against all keys ------------------------------------
