@@ -483,16 +483,21 @@ class Benchmark:
         return self.call(self.parse(argv))
 
     def call(self, args: argparse.Namespace) -> Any:
-        """Set the threads, run (and train the cells of a grid), save, report
-        and plot; returns the results (a grid's rows)."""
+        """Run at ``args.threads`` threads (the caller's count is restored
+        after), train the cells of a grid, save, report and plot; returns the
+        results (a grid's rows)."""
+        threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
-        result = self.run(args)
-        if self.cell is not None:
-            result = experiments.run_grid(
-                self.cell, result, description=self.name, **grid_options(args)
-            )
-        elif not self.grid:
-            save_json(result, args.out, device=args.device, command=args.command)
+        try:
+            result = self.run(args)
+            if self.cell is not None:
+                result = experiments.run_grid(
+                    self.cell, result, description=self.name, **grid_options(args)
+                )
+            elif not self.grid:  # the provenance records the threads of the run
+                save_json(result, args.out, device=args.device, command=args.command)
+        finally:
+            torch.set_num_threads(threads)
         if self.report is not None:
             print(self.report(result))
         print(f"wrote {args.out}")

@@ -142,18 +142,16 @@ TOY = bench.Benchmark(
 
 def test_benchmark_harness_parses_runs_and_saves(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
-    try:
-        out = tmp_path / "r.json"
-        result = TOY.main(["--toy", "--out", str(out)])
-        assert result == {"size": 3, "threads": 1}  # toy size, one thread
-        data = bench.load_json(out)
-        assert data["results"] == result
-        assert data["environment"]["command"] == (
-            f"python -m benchmarks.toy --toy --out {out}"
-        )
-        assert TOY.main(["--toy", "--size", "5", "--out", str(out)])["size"] == 5
-    finally:
-        torch.set_num_threads(threads)
+    out = tmp_path / "r.json"
+    result = TOY.main(["--toy", "--out", str(out), "--threads", "2"])
+    assert result == {"size": 3, "threads": 2}  # toy size, two threads
+    assert torch.get_num_threads() == threads  # the caller's count is back
+    data = bench.load_json(out)
+    assert data["results"] == result and data["environment"]["threads"] == 2
+    assert data["environment"]["command"] == (
+        f"python -m benchmarks.toy --toy --out {out} --threads 2"
+    )
+    assert TOY.main(["--toy", "--size", "5", "--out", str(out)])["size"] == 5
     monkeypatch.chdir(tmp_path)  # outside a checkout: ./figures/data/
     assert TOY.parse([]).out == tmp_path / "figures" / "data" / "toy_cpu.json"
     assert TOY.parse(["--toy"]).out == tmp_path / "_build" / "toy" / "toy_cpu.json"
