@@ -8,7 +8,8 @@ cells, each a JSON-able dict of what varies (``{"contender": "h3", "seed": 1,
 - **provenance**: the command, the git commit, torch/python versions, the CPU
   model, the thread count and the date, stored with the rows;
 - **resumability**: rows are written to JSON after every finished cell, and a
-  cell already in the file is not run again;
+  cell already in the file is not run again; rows of other cells stay, with
+  the provenance of the runs that made them (``"earlier"``);
 - **parallelism**: cells run in separate processes (``processes=2`` on the
   book's 2-core machine), each with its own thread count;
 - **honest selection**: ``tune`` picks each group's learning rate on a
@@ -136,6 +137,15 @@ def write_json(path: str | Path, payload: Any, *, indent: int = 1) -> Path:
     return path
 
 
+def _earlier(file: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """The provenance of the runs that made the rows already in a grid file
+    (they stay in it): ``{"earlier": [...]}``, oldest first, or nothing."""
+    earlier = list(file.get("earlier", []))
+    if file["rows"] and "provenance" in file:
+        earlier.append(file["provenance"])
+    return {"earlier": earlier} if earlier else {}
+
+
 def _run_one(fn: CellFn, cell: Cell, threads: int) -> Row:
     torch.set_num_threads(threads)
     metrics = dict(fn(dict(cell)))
@@ -161,16 +171,18 @@ def run_grid(
     grid resumes) and the file is rewritten after every new row, together with
     ``provenance(command)``: this grid's rows in the order of ``cells``, then
     every stored row of another cell, untouched (a run for a subset of a grid
-    never deletes the rest of its data). ``processes > 1`` runs cells in that
-    many worker processes (spawned, each at ``threads`` threads). Rows come
-    back in the order of ``cells``.
+    never deletes the rest of its data). The provenance of the runs that made
+    the stored rows is kept too, under ``"earlier"``, oldest first.
+    ``processes > 1`` runs cells in that many worker processes (spawned, each
+    at ``threads`` threads). Rows come back in the order of ``cells``.
     """
     check_positive(processes=processes, threads=threads)
     grid: list[Cell] = [dict(c) for c in cells]
     keys = [cell_key(c) for c in grid]
     check(len(set(keys)) == len(keys), "cells must be distinct")
     path = Path(out) if out is not None else None
-    stored = load(path)["rows"] if path is not None and path.exists() else []
+    file = load(path) if path is not None and path.exists() else {"rows": []}
+    stored = file["rows"]
     names = list(grid[0]) if grid else []
     done: dict[str, Row] = {}
     for row in stored:  # the first stored row of a cell is that cell's row
@@ -179,6 +191,7 @@ def run_grid(
     # rows of other cells (another phase, another subset) stay in the file
     others = [r for r in stored if id(r) not in used]
     stamp = provenance(command, threads=threads)
+    header = {"provenance": stamp, **_earlier(file)}
     todo = [c for c, k in zip(grid, keys) if k not in done]
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=description,
                disable=not progress)  # fmt: skip
@@ -187,7 +200,7 @@ def run_grid(
         done[cell_key({k: row[k] for k in names})] = row
         if path is not None:
             rows = [done[k] for k in keys if k in done]
-            write_json(path, {"provenance": stamp, "rows": rows + others})
+            write_json(path, {**header, "rows": rows + others})
         bar.update()
 
     if processes == 1 or len(todo) <= 1:

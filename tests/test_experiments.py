@@ -98,3 +98,15 @@ def test_a_grid_for_a_subset_keeps_the_other_stored_rows(tmp_path):
     for row in data["rows"]:
         assert row in kept
     assert kept[0] == {**CELLS[0], "lr": 0.5, **square({**CELLS[0], "lr": 0.5})}
+
+
+def test_the_provenance_of_kept_rows_is_kept(tmp_path):
+    out = tmp_path / "grid.json"
+    experiments.run_grid(square, CELLS[:2], out=out, command="first", progress=False)
+    assert "earlier" not in experiments.load(out)  # one run made every row
+    experiments.run_grid(square, CELLS[2:3], out=out, command="second", progress=False)
+    experiments.run_grid(square, CELLS[3:4], out=out, command="third", progress=False)
+    stored = experiments.load(out)
+    assert stored["provenance"]["command"] == "third"
+    assert [p["command"] for p in stored["earlier"]] == ["first", "second"]
+    assert len(stored["rows"]) == 4
