@@ -1,42 +1,47 @@
-"""Timing and peak-memory helpers for CPU and CUDA, and the benchmark harness.
+"""The benchmark harness: provenance, output files, command lines and plots.
 
-Chapters plot the plain dicts these helpers return; benchmarks save them as
-JSON together with ``environment()`` (the command, commit, device, versions and
-date) so a figure always says where its numbers come from.
+Chapters plot the plain dicts that ``minimodels.measure`` returns (re-exported
+here: ``bench.time_interleaved``, ``bench.fwd_bwd``, ``bench.peak_memory``, ...);
+benchmarks save them as JSON together with ``environment()`` (the command,
+commit, device, versions and date) so a figure always says where its numbers
+come from.
 
-- ``time_interleaved`` times several functions in turns, round after round, so
-  a busy spell on a shared machine slows all of them alike;
-- ``fwd_bwd`` is the one forward-and-backward closure that benchmarks time;
 - ``Benchmark`` is every ``python -m benchmarks.NAME`` command line: the common
   options (``--device``, ``--threads``, ``--out``, ``--toy``), the output name
-  tagged by ``device_tag``, the JSON with provenance and an optional plot.
+  tagged by ``device_tag``, the JSON with provenance and an optional plot;
+- ``gpu_result(name)`` finds the committed GPU measurement of a benchmark,
+  whichever GPU it was measured on (``NAME_h100.json``, ``NAME_h200.json``, ...).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import re
 import shlex
 import statistics
 import sys
-import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 from minimodels import experiments
 from minimodels._util import check, check_positive
+from minimodels.measure import (
+    fwd_bwd,
+    measure,
+    median_or_oom,
+    peak_memory,
+    peak_tensor_bytes,
+    sweep,
+    time_fn,
+    time_interleaved,
+    time_interleaved_or_oom,
+)
 
 __all__ = [
     "environment",
@@ -54,6 +59,7 @@ __all__ = [
     "save_json",
     "load_json",
     "figures_dir",
+    "gpu_result",
     "Benchmark",
     "add_grid_arguments",
     "grid_options",
@@ -94,254 +100,14 @@ def device_tag(device: str | torch.device = "cpu") -> str:
     device = torch.device(device)
     if device.type != "cuda":
         return device.type
-    name = torch.cuda.get_device_name(device).lower()
+    return _gpu_tag(torch.cuda.get_device_name(device))
+
+
+def _gpu_tag(name: str) -> str:
+    """``device_tag`` of the GPU called ``name`` ("NVIDIA H200" -> "h200")."""
+    name = name.lower()
     known = [t for t in KNOWN_GPUS if re.search(rf"\b{t}\b", name)]
     return known[0] if known else re.sub(r"[^a-z0-9]+", "_", name).strip("_")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(
-    fn: Callable[[], Any],
-    *,
-    warmup: int = 1,
-    repeats: int = 5,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Wall-clock seconds of ``fn()``: median and min over ``repeats`` runs."""
-    check_positive(repeats=repeats)
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times)}
-
-
-K = TypeVar("K")  # the functions' names: strings, lengths, ...
-
-
-def time_interleaved(
-    fns: Mapping[K, Callable[[], Any]],
-    *,
-    rounds: int = 3,
-    warmup: int = 1,
-    best: bool = True,
-    device: str | torch.device = "cpu",
-) -> dict[K, float]:
-    """Seconds of each function, timed in turns: every round runs each function
-    once, so whatever else the machine does slows all of them alike. After
-    ``warmup`` calls of each, returns the fastest round of each (``best``) or
-    the median. Compare the results as ratios with a margin, never as times."""
-    check_positive(rounds=rounds)
-    device = torch.device(device)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[K, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    reduce = min if best else statistics.median
-    return {name: reduce(ts) for name, ts in times.items()}
-
-
-class Timing(TypedDict, total=False):
-    """``time_interleaved``'s options, as keywords."""
-
-    rounds: int
-    warmup: int
-    best: bool
-    device: str | torch.device
-
-
-def time_interleaved_or_oom(
-    fns: Mapping[K, Callable[[], Any]], **timing: Unpack[Timing]
-) -> dict[K, float | None]:
-    """``time_interleaved``, where a function that runs out of device memory
-    gets None (a row that does not fit is a result, not a crash): after an
-    out-of-memory error the functions are timed one by one."""
-
-    def timed(some: Mapping[K, Callable[[], Any]]) -> dict[K, float | None]:
-        return dict(time_interleaved(some, **timing))
-
-    try:
-        return timed(fns)
-    except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    out: dict[K, float | None] = {}
-    for name, fn in fns.items():
-        try:
-            out.update(timed({name: fn}))
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            out[name] = None
-    return out
-
-
-def fwd_bwd(
-    module: Callable[..., Tensor],
-    *inputs: Tensor,
-    autocast: torch.dtype | None = None,
-) -> Callable[[], None]:
-    """A closure running ``module(*inputs)`` forward and backward once.
-
-    The output's gradient is a fixed random tensor (drawn at the first call,
-    seeded), so every output element takes part, as in training. Gradients are
-    cleared before each call; floating inputs get their own gradients too
-    (integer ones, token ids, take none). ``autocast`` runs the forward under
-    ``torch.autocast`` in that dtype."""
-    check(len(inputs) > 0, "fwd_bwd needs at least one input")
-    leaves = [x.detach().requires_grad_() if x.is_floating_point() else x
-              for x in inputs]  # fmt: skip
-    grad: list[Tensor] = []
-
-    def run() -> None:
-        if isinstance(module, nn.Module):
-            module.zero_grad(set_to_none=True)
-        for x in leaves:
-            x.grad = None
-        device = leaves[0].device.type
-        ctx = (
-            torch.autocast(device, dtype=autocast)
-            if autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            y = module(*leaves)
-        if not grad:
-            g = torch.Generator(device="cpu").manual_seed(0)
-            grad.append(torch.randn(y.shape, generator=g).to(y.device, y.dtype))
-        y.backward(grad[0])
-
-    return run
-
-
-def median_or_oom(
-    fn: Callable[[], Any], *, device: str | torch.device = "cpu", repeats: int = 5
-) -> float | None:
-    """Median seconds of ``fn()``, or None when the device runs out of memory (a
-    long-sequence benchmark row that does not fit is a result, not a crash)."""
-    device = torch.device(device)
-    try:
-        return time_fn(fn, warmup=1, repeats=repeats, device=device)["median_s"]
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") -> int:
-    """Peak bytes used while ``fn()`` runs, above what was in use before.
-
-    On CUDA this is the caching allocator's high-water mark. On CPU it is
-    ``peak_tensor_bytes(fn)``: the tensors alive at once, counted operator by
-    operator. (The process's resident memory would be blurred by the allocator
-    and by whatever else the machine is doing.)
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return peak_tensor_bytes(fn)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.max_memory_allocated(device) - base)
-
-
-class _TensorBytes(TorchDispatchMode):
-    """Counts the bytes of tensors that operators create and that are alive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = self.peak = 0
-        self.live: set[int] = set()
-
-    def _free(self, ptr: int, size: int) -> None:
-        self.live.discard(ptr)
-        self.now -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, Tensor)
-        }
-        for t in tree_leaves(out):
-            if not isinstance(t, Tensor):
-                continue
-            storage = t.untyped_storage()
-            ptr, size = storage.data_ptr(), storage.nbytes()
-            # views and in-place results share an input's storage: nothing new
-            if size and ptr not in self.live and ptr not in inputs:
-                self.live.add(ptr)
-                self.now += size
-                self.peak = max(self.peak, self.now)
-                weakref.finalize(t, self._free, ptr, size)
-        return out
-
-
-def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes of the tensors created by ``fn()`` and alive at the same time.
-
-    Counted operator by operator (a ``TorchDispatchMode``), so it is exact and
-    repeatable on any device. What a fused kernel allocates inside itself and
-    frees before it returns (a workspace) is not a tensor and is not counted.
-    """
-    mode = _TensorBytes()
-    with mode:
-        fn()
-    return mode.peak
-
-
-def measure(
-    fn: Callable[[], Any],
-    *,
-    device: str | torch.device = "cpu",
-    warmup: int = 1,
-    repeats: int = 5,
-    memory: bool = True,
-) -> dict[str, float]:
-    """Time and (optionally) peak memory of ``fn()`` in one dict."""
-    result: dict[str, float] = time_fn(
-        fn, warmup=warmup, repeats=repeats, device=device
-    )
-    if memory:
-        result["peak_bytes"] = peak_memory(fn, device=device)
-    return result
-
-
-def sweep(
-    make_fn: Callable[[int], Callable[[], Any]],
-    sizes: Iterable[int],
-    *,
-    progress: bool = True,
-    description: str = "sweep",
-    **measure_options: Any,
-) -> list[dict[str, float]]:
-    """``measure(make_fn(n))`` for each size n; each row also holds ``n``."""
-    from tqdm import tqdm
-
-    rows = []
-    for n in tqdm(list(sizes), desc=description, disable=not progress):
-        rows.append({"n": n, **measure(make_fn(n), **measure_options)})
-    return rows
 
 
 def fit_power_law(xs: Iterable[float], ys: Iterable[float]) -> tuple[float, float]:
@@ -386,6 +152,35 @@ def figures_dir(start: str | Path | None = None) -> Path:
         if (folder / "book.toml").exists():
             return folder / "figures"
     return here / "figures"
+
+
+def gpu_result(
+    name: str, *, folder: str | Path | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The committed GPU measurement ``NAME_<tag>.json`` of a benchmark, for any
+    GPU (``h100``, ``h200``, ``a100``, ...), as ``(path, data)``; None if there
+    is none. ``folder`` defaults to ``figures_dir() / "data"``.
+
+    A file counts when its recorded device (``"environment"``, or a grid's
+    ``"provenance"``) is a CUDA device whose ``device_tag`` is the file's tag,
+    so ``hyena_vs_attention_h100.json`` is never taken for a GPU run of
+    ``hyena``. If several GPUs' files exist, the newest by recorded date.
+    The device's name is ``data["environment"]["device"]`` ("NVIDIA H200").
+    """
+    folder = Path(folder) if folder is not None else figures_dir() / "data"
+    found = []
+    for path in folder.glob(f"{name}_*.json"):
+        data = load_json(path)
+        env = data.get("environment") or data.get("provenance") or {}
+        device = env.get("device")
+        if env.get("device_type") != "cuda" or not isinstance(device, str):
+            continue
+        if path.stem == f"{name}_{_gpu_tag(device)}":
+            found.append((str(env.get("date", "")), path, data))
+    if not found:
+        return None
+    _, path, data = max(found, key=lambda f: (f[0], f[1].name))
+    return path, data
 
 
 # --- the benchmark harness ----------------------------------------------------------

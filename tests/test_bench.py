@@ -213,3 +213,36 @@ def test_grid_benchmark_of_cells_trains_reports_and_keeps_rows(tmp_path, capsys)
     stored = experiments.load(out)
     assert stored["rows"] == [*rows, {"seed": 3, "m": 9}]  # the toy row is kept
     assert stored["provenance"]["command"].endswith("--threads 1")
+
+
+def _result(folder, stem, device, date, device_type="cuda", key="environment"):
+    env = {"device": device, "device_type": device_type, "date": date}
+    (folder / f"{stem}.json").write_text(json.dumps({key: env, "results": stem}))
+
+
+def test_gpu_result_takes_any_gpu_tag_and_the_newest(tmp_path):
+    assert bench.gpu_result("flash", folder=tmp_path) is None
+    _result(tmp_path, "flash_cpu", "x86_64", "2026-12-03", device_type="cpu")
+    assert bench.gpu_result("flash", folder=tmp_path) is None  # a CPU run is not one
+    _result(tmp_path, "flash_h100", "NVIDIA H100 80GB HBM3", "2026-11-01")
+    path, data = bench.gpu_result("flash", folder=tmp_path)
+    assert path.name == "flash_h100.json" and data["results"] == "flash_h100"
+    _result(tmp_path, "flash_h200", "NVIDIA H200", "2026-12-01")
+    path, data = bench.gpu_result("flash", folder=tmp_path)
+    assert path.name == "flash_h200.json"
+    assert data["environment"]["device"] == "NVIDIA H200"
+    # an unknown GPU's tag is its whole name; a grid records "provenance"
+    _result(tmp_path, "flash_nvidia_geforce_rtx_4090", "NVIDIA GeForce RTX 4090",
+            "2026-12-02", key="provenance")  # fmt: skip
+    path, _ = bench.gpu_result("flash", folder=tmp_path)
+    assert path.name == "flash_nvidia_geforce_rtx_4090.json"
+
+
+def test_gpu_result_ignores_another_benchmark_sharing_the_prefix(tmp_path):
+    _result(tmp_path, "hyena_vs_attention_h100", "NVIDIA H100", "2026-12-01")
+    assert bench.gpu_result("hyena", folder=tmp_path) is None
+    path, _ = bench.gpu_result("hyena_vs_attention", folder=tmp_path)
+    assert path.name == "hyena_vs_attention_h100.json"
+    # a file whose name says h100 but whose device is not an H100 is not taken
+    _result(tmp_path, "dilated_h100", "NVIDIA A100-SXM4-80GB", "2026-12-01")
+    assert bench.gpu_result("dilated", folder=tmp_path) is None
