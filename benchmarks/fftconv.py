@@ -65,7 +65,7 @@ def _nbytes(tensors: Sequence[Tensor]) -> int:
 def torch_bytes(fn: Callable[[], Any]) -> list[tuple[str, int, int]]:
     """(operator, bytes read, bytes written) for each PyTorch operator ``fn()`` runs
     that is not a view. (A Triton kernel under the interpreter copies its arguments
-    through PyTorch: count kernels with ``fftconv.interpreter_io`` instead.)"""
+    through PyTorch: count kernels with ``kernels.io.interpreter_io`` instead.)"""
     mode = _Bytes()
     with mode:
         fn()

@@ -1,6 +1,7 @@
-"""The fused FFT convolution kernel (minimodels.kernels.fftconv) against
-``minimodels.conv.fft_conv``. On CPU the kernels run in the Triton interpreter
-(tests/conftest.py sets TRITON_INTERPRET=1 before they are defined), in fp32."""
+"""The fused FFT convolution kernel (minimodels.kernels.fftconv; its DFT steps,
+minimodels.kernels.dft) against ``minimodels.conv.fft_conv``. On CPU the kernels
+run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+they are defined), in fp32."""
 
 from functools import partial
 
@@ -11,7 +12,8 @@ pytest.importorskip("triton")
 
 from benchmarks import fftconv as bench_fftconv  # noqa: E402
 from minimodels import bench, conv  # noqa: E402
-from minimodels.kernels import fftconv  # noqa: E402
+from minimodels.kernels import dft, fftconv  # noqa: E402
+from minimodels.kernels.io import interpreter_io  # noqa: E402
 from minimodels.kernels.tiles import interpreted  # noqa: E402
 from minimodels.testing import assert_causal, assert_same  # noqa: E402
 
@@ -72,7 +74,7 @@ def test_step1_dft_is_one_matmul():
     for m in (16, 32, 64, 128):
         x = torch.randn(21, m, generator=g, dtype=torch.complex64).to(DEVICE)
         torch.testing.assert_close(
-            fftconv.dft(x), torch.fft.fft(x), rtol=1e-4, atol=1e-4 * m**0.5
+            dft.dft(x), torch.fft.fft(x), rtol=1e-4, atol=1e-4 * m**0.5
         )
 
 
@@ -82,7 +84,7 @@ def test_step2_monarch_dft_every_size():
     while m <= fftconv.MAX_FFT_SIZE:
         x = torch.randn(2, m, generator=g, dtype=torch.complex64).to(DEVICE)
         ref = torch.fft.fft(x)
-        err = (fftconv.monarch_dft(x) - ref).abs().max() / ref.abs().max()
+        err = (dft.monarch_dft(x) - ref).abs().max() / ref.abs().max()
         assert err < 1e-5, (m, err.item())
         m *= 2
 
@@ -139,9 +141,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="u has length 2049"):
         fftconv.fft_conv(long_u, long_u[0])
     with pytest.raises(ValueError, match="FFT size must be a power of two"):
-        fftconv.monarch_dft(torch.randn(2, 128, dtype=torch.complex64, device=DEVICE))
+        dft.monarch_dft(torch.randn(2, 128, dtype=torch.complex64, device=DEVICE))
     with pytest.raises(ValueError, match="step 1 takes m"):
-        fftconv.dft(torch.randn(2, 256, dtype=torch.complex64, device=DEVICE))
+        dft.dft(torch.randn(2, 256, dtype=torch.complex64, device=DEVICE))
 
 
 @pytest.mark.parametrize("n,chunk", [(200, 90), (2500, 2048)])
@@ -190,7 +192,7 @@ def test_bytes_counted_equal_the_formulas():
             ops = bench_fftconv.torch_bytes(partial(conv.fft_conv, u, h, D))
             moved = sum(r + w for _, r, w in ops)
             assert moved == bench_fftconv.unfused_bytes(b, d, n, k, dtype)
-            io = fftconv.interpreter_io(partial(fftconv.fft_conv, u, h, D))
+            io = interpreter_io(partial(fftconv.fft_conv, u, h, D))
             formula = bench_fftconv.fused_bytes(
                 b, d, n, dtype, rows_per_program=fftconv.ROWS_PER_PROGRAM, skip=True
             )
@@ -198,7 +200,7 @@ def test_bytes_counted_equal_the_formulas():
             assert io["dots"] == 12 * b * d  # 6 real matmuls each way, per row
     u, h, D = (t.requires_grad_() for t in _inputs((3, 2, 100), 100))
     y = fftconv.fft_conv(u, h, D)
-    io = fftconv.interpreter_io(partial(y.backward, torch.ones_like(y)))
+    io = interpreter_io(partial(y.backward, torch.ones_like(y)))
     assert io["dots"] == 18 * 3 * 2 + 6 * 2
 
 

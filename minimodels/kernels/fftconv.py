@@ -5,27 +5,24 @@ Models", Fu, Dao et al., 2022, arXiv:2212.14052, Section 4) and FlashFFTConv
 ("FlashFFTConv: Efficient Convolutions for Long Sequences with Tensor Cores", Fu,
 Kumbong, Nguyen and Re, 2023, arXiv:2311.05908) fuse the forward FFT, the
 pointwise product with the filter's spectrum and the inverse FFT in one kernel, so
-the length-m (m >= 2n) intermediate never goes to memory. With m = m1 m2 the DFT is
-two small dense products and a twiddle product (``minimodels.conv.fft_monarch``):
+the length-m (m >= 2n) intermediate never goes to memory.
 
-    A[j1, j2] = x[m2 j1 + j2],   X[k1, k2] = fft(x)[k1 + m1 k2],
-    X = ((F_m1 @ A) * W) @ F_m2,   W[k1, j2] = omega_m^(k1 j2),
-    A = conj(F_m1) @ ((X @ conj(F_m2)) * conj(W)) / m          (the inverse)
+Steps 1 and 2, the DFT in Triton (complex numbers as two real planes, the DFT as
+one matmul, then as two Monarch factors and twiddles, m = m1 m2), are in
+``minimodels.kernels.dft``; this module builds on them. Step 3 ``conv_forward``,
+the fused forward DFT -> times the filter spectrum (kept in the kernel's [k1, k2]
+order, as FlashFFTConv keeps it) -> inverse DFT -> first n outputs + D u, one
+program per channel and block of batch rows; step 4 ``fft_conv``, an autograd
+Function whose backward (``conv_backward``) is the adjoint: du is the same
+convolution with the conjugate spectrum (a correlation), dh the correlation of dy
+with u summed over the batch in the frequency domain, dD = sum_t dy u. Beyond one
+kernel, ``ssm_conv_chunked`` is FlashConv's state passing: a diagonal SSM's
+convolution at any length, chunk by chunk. (What the kernels load and store is
+counted by ``minimodels.kernels.io.interpreter_io``.)
 
-Triton has no complex dtype: every complex matrix is two real ones, and a complex
-product is four real ``tl.dot``s. Steps: 1 ``dft``, a length-m DFT as one matmul;
-2 ``monarch_dft``, the two-factor split with twiddles; 3 ``conv_forward``, the fused
-forward DFT -> times the filter spectrum (kept in the kernel's [k1, k2] order, as
-FlashFFTConv keeps it) -> inverse DFT -> first n outputs + D u, one program per
-channel and block of batch rows; 4 ``fft_conv``, an autograd Function whose
-backward (``conv_backward``) is the adjoint: du is the same convolution with the
-conjugate spectrum (a correlation), dh the correlation of dy with u summed over
-the batch in the frequency domain, dD = sum_t dy u.
-
-The DFT matrices and twiddles are computed in registers (cos and sin), not loaded.
-FFT sizes are powers of two from 256 (16 x 16: ``tl.dot`` needs blocks of 16) to
-4096 (64 x 64), so n <= 2048; on a GPU the two convolution kernels are autotuned
-(warps, stages) once per FFT size. Arithmetic is fp32 (IEEE dots unless
+FFT sizes are powers of two from ``MIN_FFT_SIZE`` = 256 to ``MAX_FFT_SIZE`` =
+4096, so n <= 2048; on a GPU the two convolution kernels are autotuned (warps,
+stages) once per FFT size. Arithmetic is fp32 (IEEE dots unless
 ``precision="tf32"``); inputs may be fp16, bf16 or fp32 (bf16 is converted to fp32
 first under the interpreter, whose bf16 is wrong). Offsets are int64.
 
@@ -36,9 +33,7 @@ u (... d n), h (d k) or (k,), D (d,); a "row" is one (batch, channel) signal.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -46,13 +41,23 @@ from torch import Tensor
 
 from minimodels._util import check, check_positive
 from minimodels.conv import _check_conv
-from minimodels.kernels.tiles import check_device, compute_dtype, dot, interpreted
+from minimodels.kernels.dft import (
+    MAX_FFT_SIZE,
+    MIN_FFT_SIZE,
+    _check_size,
+    _cmul,
+    _factors,
+    _ieee,
+    _monarch_forward,
+    _monarch_inverse_real,
+    _split,
+    _tile,
+)
+from minimodels.kernels.tiles import check_device, compute_dtype, interpreted
 
 __all__ = [
     "MIN_FFT_SIZE",
     "MAX_FFT_SIZE",
-    "dft",
-    "monarch_dft",
     "fft_size",
     "filter_spectrum",
     "conv_forward",
@@ -60,114 +65,9 @@ __all__ = [
     "FFTConv",
     "fft_conv",
     "ssm_conv_chunked",
-    "interpreter_io",
 ]
 
-MIN_FFT_SIZE = 256  # 16 x 16: the smallest blocks tl.dot takes
-MAX_FFT_SIZE = 4096  # 64 x 64 complex fp32 tiles per program: n <= 2048
 ROWS_PER_PROGRAM = 4  # batch rows of one channel per program (spectrum loaded once)
-_TWO_PI = tl.constexpr(2 * math.pi)
-
-
-# --- shared pieces: roots of unity, complex products, the tile layout --------------
-
-
-@triton.jit
-def _roots(rows, cols, M: tl.constexpr):
-    """Real and imaginary parts of omega_M^(rows x cols), omega_M = exp(-2 pi i / M);
-    the exponent is reduced mod M in integers first, so the angle stays exact."""
-    e = (rows[:, None] * cols[None, :]) % M
-    angle = e.to(tl.float32) * (-_TWO_PI / M)
-    return tl.cos(angle), tl.sin(angle)
-
-
-@triton.jit
-def _cdot(ar, ai, br, bi, IEEE: tl.constexpr):
-    """(ar + i ai) @ (br + i bi) as four real matrix products."""
-    re = dot(ar, br, IEEE) - dot(ai, bi, IEEE)
-    im = dot(ar, bi, IEEE) + dot(ai, br, IEEE)
-    return re, im
-
-
-@triton.jit
-def _cmul(ar, ai, br, bi):
-    """Elementwise complex product."""
-    return ar * br - ai * bi, ar * bi + ai * br
-
-
-@triton.jit
-def _tile(M1: tl.constexpr, M2: tl.constexpr):
-    """Offsets of the (M1, M2) tile A[j1, j2] = x[M2 j1 + j2] (row-major)."""
-    return tl.arange(0, M1)[:, None] * M2 + tl.arange(0, M2)[None, :]
-
-
-@triton.jit
-def _factors(M1: tl.constexpr, M2: tl.constexpr):
-    """F_M1, the twiddles W (M1 M2) and F_M2, real and imaginary parts."""
-    i1, i2 = tl.arange(0, M1), tl.arange(0, M2)
-    f1r, f1i = _roots(i1, i1, M1)
-    wr, wi = _roots(i1, i2, M1 * M2)
-    f2r, f2i = _roots(i2, i2, M2)
-    return f1r, f1i, wr, wi, f2r, f2i
-
-
-@triton.jit
-def _monarch_forward(ar, ai, f1r, f1i, wr, wi, f2r, f2i,
-                     REAL: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
-    """X[k1, k2] = fft(x)[k1 + M1 k2] from the tile A: ((F_M1 @ A) * W) @ F_M2.
-    REAL: A is real (ai unused), so the first product is two real dots."""
-    if REAL:
-        br, bi = dot(f1r, ar, IEEE), dot(f1i, ar, IEEE)
-    else:
-        br, bi = _cdot(f1r, f1i, ar, ai, IEEE)
-    cr, ci = _cmul(br, bi, wr, wi)
-    return _cdot(cr, ci, f2r, f2i, IEEE)
-
-
-@triton.jit
-def _monarch_inverse_real(xr, xi, f1r, f1i, wr, wi, f2r, f2i, M: tl.constexpr,
-                          IEEE: tl.constexpr):  # fmt: skip
-    """Re(ifft) of a spectrum in the [k1, k2] layout, back in the tile layout: the
-    forward's three steps undone in reverse order, each one conjugated."""
-    zr, zi = _cdot(xr, xi, f2r, -f2i, IEEE)
-    zr, zi = _cmul(zr, zi, wr, -wi)
-    return (dot(f1r, zr, IEEE) + dot(f1i, zi, IEEE)) / M  # Re(conj(F1) Z)
-
-
-# --- Step 1: the DFT as one matmul ---------------------------------------------------
-
-
-@triton.jit
-def _dft_kernel(X, OUT, R, M: tl.constexpr, BLOCK_R: tl.constexpr,
-                IEEE: tl.constexpr):  # fmt: skip
-    """BLOCK_R rows of x (R, 2, M) (real, imaginary planes) times F_M (symmetric)."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, M)
-    offs = rows[:, None].to(tl.int64) * (2 * M) + cols[None, :]
-    mask = rows[:, None] < R
-    xr = tl.load(X + offs, mask=mask, other=0.0)
-    xi = tl.load(X + offs + M, mask=mask, other=0.0)
-    fr, fi = _roots(cols, cols, M)
-    yr, yi = _cdot(xr, xi, fr, fi, IEEE)
-    tl.store(OUT + offs, yr, mask=mask)
-    tl.store(OUT + offs + M, yi, mask=mask)
-
-
-# --- Step 2: two Monarch factors and the twiddles ------------------------------------
-
-
-@triton.jit
-def _monarch_kernel(X, OUT, M1: tl.constexpr, M2: tl.constexpr, IEEE: tl.constexpr):
-    """One row of x (R, 2, M1 M2) per program: the tile, the split DFT, and the
-    result read out transposed (entry [k1, k2] is frequency k1 + M1 k2)."""
-    row = tl.program_id(0).to(tl.int64) * (2 * M1 * M2)
-    j = _tile(M1, M2)
-    ar, ai = tl.load(X + row + j), tl.load(X + row + M1 * M2 + j)
-    f1r, f1i, wr, wi, f2r, f2i = _factors(M1, M2)
-    xr, xi = _monarch_forward(ar, ai, f1r, f1i, wr, wi, f2r, f2i, False, IEEE)
-    k = tl.arange(0, M1)[:, None] + M1 * tl.arange(0, M2)[None, :]
-    tl.store(OUT + row + k, xr)
-    tl.store(OUT + row + M1 * M2 + k, xi)
 
 
 # --- Steps 3-4: the fused convolution, forward and backward -------------------------
@@ -256,75 +156,6 @@ def _choose(plain, tuned):  # noqa: ANN001, ANN202
     """The autotuned kernel on a GPU; the plain one in the interpreter (which has
     no clock to tune with)."""
     return plain if interpreted() else tuned
-
-
-def _planes(x: Tensor) -> Tensor:
-    """Complex (R, M) -> float32 (R, 2, M): real and imaginary planes."""
-    return torch.view_as_real(x.to(torch.complex64)).transpose(-1, -2).contiguous()
-
-
-def _from_planes(p: Tensor) -> Tensor:
-    return torch.view_as_complex(p.transpose(-1, -2).contiguous())
-
-
-def _check_rows(x: Tensor) -> None:
-    check(x.ndim == 2, f"x must be (rows, m) complex, got shape {tuple(x.shape)}")
-    check_device(x)
-
-
-def dft(x: Tensor, *, block_rows: int = 16, precision: str = "ieee") -> Tensor:
-    """Step 1: the DFT of each row of x (r, m) as one complex matmul x @ F_m.
-
-    m a power of two in 16..128 (the m x m matrix lives in registers). Complex64.
-    """
-    _check_rows(x)
-    m = x.shape[-1]
-    check(
-        m in (16, 32, 64, 128),
-        f"step 1 takes m in 16, 32, 64, 128 (one tile), got {m}",
-    )
-    check(
-        block_rows >= 16 and block_rows & (block_rows - 1) == 0,
-        f"block_rows must be a power of two of at least 16, got {block_rows}",
-    )
-    p, ieee = _planes(x), _ieee(precision)
-    out = torch.empty_like(p)
-    grid = (triton.cdiv(x.shape[0], block_rows),)
-    _dft_kernel[grid](p, out, x.shape[0], M=m, BLOCK_R=block_rows, IEEE=ieee)
-    return _from_planes(out)
-
-
-def _split(m: int) -> tuple[int, int]:
-    m1 = 2 ** (int(math.log2(m)) // 2)
-    return m1, m // m1
-
-
-def monarch_dft(x: Tensor, *, precision: str = "ieee") -> Tensor:
-    """Step 2: the DFT of each row of x (r, m) as F_m1, twiddles, F_m2 in one
-    program per row; m a power of two in 256..4096, m1 = 2^floor(log2(m) / 2)."""
-    _check_rows(x)
-    m = x.shape[-1]
-    _check_size(m)
-    m1, m2 = _split(m)
-    p, ieee = _planes(x), _ieee(precision)
-    out = torch.empty_like(p)
-    _monarch_kernel[(x.shape[0],)](p, out, M1=m1, M2=m2, IEEE=ieee)
-    return _from_planes(out)
-
-
-def _check_size(m: int) -> None:
-    check(
-        MIN_FFT_SIZE <= m <= MAX_FFT_SIZE and m & (m - 1) == 0,
-        f"FFT size must be a power of two in {MIN_FFT_SIZE}..{MAX_FFT_SIZE}, got {m}",
-    )
-
-
-def _ieee(precision: str) -> bool:
-    check(
-        precision in ("ieee", "tf32"),
-        f"precision must be 'ieee' or 'tf32', got {precision!r}",
-    )
-    return precision == "ieee"
 
 
 def fft_size(n: int) -> tuple[int, int, int]:
@@ -519,54 +350,3 @@ def ssm_conv_chunked(
         decay = powers[..., :L].flip(-1)  # A_bar^(L-1-t)
         x = powers[..., L] * x + B_bar * torch.einsum("dsl,bdl->bds", decay, u_j + 0j)
     return torch.cat(ys, dim=-1)
-
-
-# --- Counting what a kernel moves (interpreter only) --------------------------------
-
-
-def interpreter_io(fn: Callable[[], object]) -> dict[str, int]:
-    """What the Triton kernels launched by ``fn()`` do, counted in the interpreter's
-    own operations: bytes loaded ("read") and stored ("written"), element by
-    element with masked-off lanes excluded, and the matrix products ("dots", with
-    their multiply-adds in "macs"). Exact, the same on any machine; needs
-    TRITON_INTERPRET=1."""
-    check(interpreted(), "interpreter_io needs TRITON_INTERPRET=1")
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    load, store = builder.create_masked_load, builder.create_masked_store
-    dot_ = builder.create_dot
-    counts = {"read": 0, "written": 0, "dots": 0, "macs": 0}
-
-    def nbytes(ptrs, mask) -> int:  # noqa: ANN001
-        size = np.dtype(interpreter._get_np_dtype(ptrs.get_element_ty())).itemsize
-        return int(np.broadcast_to(mask.data, ptrs.data.shape).sum()) * size
-
-    def counted_load(self, ptrs, mask, other, *args):  # noqa: ANN001, ANN002, ANN202
-        counts["read"] += nbytes(ptrs, mask)
-        return load(self, ptrs, mask, other, *args)
-
-    def counted_store(self, ptrs, value, mask, *args):  # noqa: ANN001, ANN002, ANN202
-        counts["written"] += nbytes(ptrs, mask)
-        return store(self, ptrs, value, mask, *args)
-
-    def counted_dot(self, a, b, *args):  # noqa: ANN001, ANN002, ANN202
-        (rows, inner), cols = a.data.shape, b.data.shape[1]
-        counts["dots"] += 1
-        counts["macs"] += rows * inner * cols
-        return dot_(self, a, b, *args)
-
-    patched = {
-        "create_masked_load": counted_load,
-        "create_masked_store": counted_store,
-        "create_dot": counted_dot,
-    }
-    original = {name: getattr(builder, name) for name in patched}
-    try:
-        for name, method in patched.items():
-            setattr(builder, name, method)
-        fn()
-    finally:
-        for name, method in original.items():
-            setattr(builder, name, method)
-    return counts
