@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cells(args: argparse.Namespace, lrs: dict[str, Sequence[float]], seeds) -> list:
+def cells(
+    args: argparse.Namespace, lrs: Mapping[str, Sequence[float]], seeds: Sequence[int]
+) -> list[dict]:
     recipe = {**bakeoff.RECIPE, "steps": args.steps, "params": args.params,
               "seq_len": args.seq_len, "warmup": args.warmup}  # fmt: skip
     return [
