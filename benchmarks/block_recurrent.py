@@ -20,8 +20,11 @@ The seed package is measured if it can be imported, e.g. after
 beartype`` and with ``--package-path /tmp/brt``; otherwise it is skipped with a
 message. It is never a dependency of this project.
 
-    python -m benchmarks.block_recurrent --package-path /tmp/brt \\
-        --out figures/data/block_recurrent_cpu.json
+    python -m benchmarks.block_recurrent --package-path /tmp/brt
+                                   # figures/data/block_recurrent_TAG.json
+    python -m benchmarks.block_recurrent --toy   # seconds: --config toy, no package
+
+TAG is the device (``bench.device_tag``: cpu, h100, ...). Two threads by default.
 """
 
 from __future__ import annotations
@@ -145,21 +148,18 @@ def ratios(results: dict[str, Any], key: str) -> list[float]:
     return [p / o for p, o in zip(pkg, ours)]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", choices=list(CONFIGS), default="issue")
-    parser.add_argument("--toy", action="store_true", help="--config toy (tests)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--segments", type=int, default=1)
-    parser.add_argument("--rounds", "--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--package-path", default=None)
-    parser.add_argument("--no-package", action="store_true")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    name = "toy" if args.toy else args.config
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", choices=list(CONFIGS), default="issue")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--segments", type=int, default=1)
+    p.add_argument("--rounds", "--steps", type=int, default=3)
+    p.add_argument("--package-path", default=None)
+    p.add_argument("--no-package", action="store_true")
+    p.set_defaults(threads=2)  # this benchmark's own default: two threads
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    name = args.config
     config, batch = CONFIGS[name], args.batch or BATCH[name]
     results: dict[str, Any] = {
         "config_name": name, "batch": batch, "segments": args.segments,
@@ -179,21 +179,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif not args.no_package:
         print(f"{PACKAGE} is not importable: timing minimodels only")
     results.update(measure_interleaved(steps, args.rounds, args.device))
-    print(f"{'implementation':<16}{'params':>12}{'tokens/s':>12}")
-    for impl in steps:
-        r = results[impl]
-        print(f"{impl:<16}{r['parameters']:>12,}{r['tokens_per_s']:>12.0f}")
     if version is not None:
         results["package"]["version"] = version
         for key in ("wall_s", "cpu_s"):
-            per_round = ratios(results, key)
-            results[f"speedup_{key}"] = per_round
-            print(f"ours / package speed ({key[:-2]}): median "
-                  f"{statistics.median(per_round):.2f}, rounds "
-                  + ", ".join(f"{x:.2f}" for x in per_round))  # fmt: skip
-    if args.out:
-        bench.save_json(results, args.out, device=args.device)
+            results[f"speedup_{key}"] = ratios(results, key)
     return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """Parameters and tokens/s of each implementation; the per-round speed-ups."""
+    lines = [f"{'implementation':<16}{'params':>12}{'tokens/s':>12}"]
+    for impl in ("minimodels", "package"):
+        if impl in results:
+            r = results[impl]
+            lines.append(f"{impl:<16}{r['parameters']:>12,}{r['tokens_per_s']:>12.0f}")
+    for key in ("wall_s", "cpu_s"):
+        if f"speedup_{key}" in results:
+            per_round = results[f"speedup_{key}"]
+            lines.append(f"ours / package speed ({key[:-2]}): median "
+                         f"{statistics.median(per_round):.2f}, rounds "
+                         + ", ".join(f"{x:.2f}" for x in per_round))  # fmt: skip
+    return "\n".join(lines)
+
+
+BENCHMARK = bench.Benchmark(
+    "block_recurrent", __doc__, run, "block_recurrent_{tag}.json", add_arguments,
+    toy=["--config", "toy", "--steps", "1", "--no-package"], report=report,
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
