@@ -21,7 +21,6 @@ TINY = {
                 "--seeds", "0", "--steps", "2", "--vocab-size", "8"],
     "hyena": ["--lengths", "16", "32", "--dim", "8", "--repeats", "1"],
     "ssm_longrange": ["--toy"],
-    "block_recurrent": ["--toy", "--steps", "1", "--threads", "1", "--no-package"],
 }  # fmt: skip
 
 
