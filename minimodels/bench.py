@@ -30,31 +30,13 @@ from typing import Any
 import torch
 
 from minimodels import experiments
+from minimodels import measure as _measure
 from minimodels._util import check, check_positive
-from minimodels.measure import (
-    fwd_bwd,
-    measure,
-    median_or_oom,
-    peak_memory,
-    peak_tensor_bytes,
-    sweep,
-    time_fn,
-    time_interleaved,
-    time_interleaved_or_oom,
-)
+from minimodels.measure import *  # noqa: F403  (re-exported: bench.time_fn, ...)
 
 __all__ = [
     "environment",
     "device_tag",
-    "time_fn",
-    "time_interleaved",
-    "time_interleaved_or_oom",
-    "fwd_bwd",
-    "median_or_oom",
-    "peak_memory",
-    "peak_tensor_bytes",
-    "measure",
-    "sweep",
     "fit_power_law",
     "save_json",
     "load_json",
@@ -65,6 +47,7 @@ __all__ = [
     "grid_options",
     "plot_loglog",
 ]
+__all__ += _measure.__all__
 
 
 def environment(
