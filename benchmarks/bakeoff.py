@@ -30,20 +30,16 @@ seeds): 56 runs, about 15 CPU-minutes):
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from minimodels import bakeoff, experiments
+from minimodels import bakeoff, bench, experiments
 
 ORDER = ("attention", "h3", "hierarchical", "s4d", "hyena", "dilated",
          "block_recurrent")  # fmt: skip
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contenders", nargs="+", default=list(ORDER),
                    choices=list(bakeoff.CONTENDERS))  # fmt: skip
     p.add_argument("--lrs", type=float, nargs="+", default=list(bakeoff.LRS))
@@ -53,10 +49,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--params", type=int, default=bakeoff.RECIPE["params"])
     p.add_argument("--seq-len", type=int, default=bakeoff.RECIPE["seq_len"])
     p.add_argument("--warmup", type=int, default=bakeoff.RECIPE["warmup"])
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    p.add_argument("--out", type=Path, default=None)
-    return p.parse_args(argv)
 
 
 def cells(
@@ -81,29 +73,24 @@ def report(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    command = shlex.join(
-        ["python", "-m", "benchmarks.bakeoff", *(argv or sys.argv[1:])]
-    )
-    run = dict(out=args.out, processes=args.processes, threads=args.threads,
-               command=command)  # fmt: skip
+def run(args: argparse.Namespace) -> dict[str, Any]:
     # one contender at a time, tuned and then re-run from new seeds, so that an
     # interrupted run leaves whole contenders (run_grid keeps every stored row)
     done: list[dict] = []
     tuned: list[dict] = []
     new_rows: list[dict] = []
     for name in args.contenders:
-        lrs = {name: sorted(set(args.lrs))}
+        lrs: dict[str, Sequence[float]] = {name: sorted(set(args.lrs))}
         grid = cells(args, lrs, args.seeds)
         rows = experiments.run_grid(
-            bakeoff.cell, done + grid, description=f"{name}: tuning", **run
+            bakeoff.cell, done + grid, description=f"{name}: tuning",
+            **bench.grid_options(args),
         )  # fmt: skip
         best = experiments.tune(rows[len(done) : len(done + grid)], select="val_acc")
         new = cells(args, {name: [best[0]["lr"]]}, args.new_seeds)
         rows = experiments.run_grid(
             bakeoff.cell, done + grid + new, description=f"{name}: new seeds",
-            **run,
+            **bench.grid_options(args),
         )  # fmt: skip
         done += grid + new
         tuned += best
@@ -111,10 +98,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(report(tuned, f"tuning seeds {args.seeds}, at each best lr"))
     if args.new_seeds:
         print(report(new_rows, f"new seeds {args.new_seeds}"))
-    if args.out:
-        print(f"wrote {args.out}")
     return {"rows": rows[: len(done)], "tuned": tuned, "new": new_rows}
 
+
+TOY = "--contenders attention --lrs 1e-3 --seeds 0 --new-seeds --steps 2"
+BENCHMARK = bench.Benchmark(
+    "bakeoff", __doc__, run, "bakeoff_{tag}.json", add_arguments,
+    [*TOY.split(), "--params", "3000", "--seq-len", "7"], grid=True, device=None,
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

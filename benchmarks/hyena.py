@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -303,95 +302,70 @@ def recall_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**s, "lr": lrs[tuple(s[k] for k in by)]} for s in summary]
 
 
-def recall(args: argparse.Namespace) -> list[dict[str, Any]]:
+def recall_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cells of ``recall`` or ``filters`` (``--toy``: a seconds-long grid)."""
     toy = {"scale": 0.01, "questions": 50, "dim": 16, "lrs": [1e-3], "seeds": [0, 1]}
-    size = toy if args.toy else {}
+    size: dict[str, Any] = dict(toy) if args.toy else {}
     if args.experiment == "filters":
         size["contenders"] = FILTER_CONTENDERS
-    grid = recall_cells(**size)
-    given = list(args.argv)
-    command = shlex.join(["python", "-m", "benchmarks.hyena", *given])
-    rows = experiments.run_grid(
-        recall_cell, grid, out=args.out, processes=args.processes, threads=1,
-        command=command, description="hyena recall grid",
-    )  # fmt: skip
-    for r in recall_table(rows):
-        print(
-            f"V={r['vocab']:<3} n={r['n']:<4} {r['contender']:12s} lr {r['lr']:.0e}"
-            f"  test {r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
-        )
-    print(f"wrote {args.out}")
-    return rows
+    return recall_cells(**size)
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "experiment", nargs="?", default="speed", choices=["speed", "recall", "filters"]
+def recall_report(rows: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"V={r['vocab']:<3} n={r['n']:<4} {r['contender']:12s} lr {r['lr']:.0e}"
+        f"  test {r['mean']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
+        for r in recall_table(rows)
     )
-    p.add_argument("--device", default="cpu", help="speed only")
+
+
+def speed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", default="speed", choices=["speed"])
     p.add_argument("--lengths", type=int, nargs="+", default=None)
     p.add_argument("--dim", type=int, default=None, help="768 (cuda) / 64")
     p.add_argument("--heads", type=int, default=None, help="default dim // 64")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--toy", action="store_true", help="recall: a seconds-long grid")
-    p.add_argument("--processes", type=int, default=1, help="recall workers")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--plot", type=Path, default=None, help="save a figure here")
-    args = p.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+
+
+def speed_defaults(args: argparse.Namespace) -> argparse.Namespace:
     cuda = args.device.startswith("cuda")
-    if args.experiment == "speed":
-        args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
-        args.dim = args.dim or (768 if cuda else 64)
-        args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-        tag = bench.device_tag(args.device)  # cpu, h100, h200, ...
-        args.out = (
-            args.out or bench.figures_dir() / f"data/hyena_vs_attention_{tag}.json"
-        )
-    else:
-        check(not cuda, "--device: the recall grid runs on the CPU")
-        name = "recall" if args.experiment == "recall" else "filters"
-        args.out = args.out or bench.figures_dir() / f"data/hyena_{name}_cpu.json"
-    args.heads = args.heads or max(1, (args.dim or 64) // 64)
+    args.lengths = args.lengths or (CUDA_LENGTHS if cuda else CPU_LENGTHS)
+    args.dim = args.dim or (768 if cuda else 64)
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.heads = args.heads or max(1, args.dim // 64)
     return args
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("hyena", "attention"):
-        pts = [(r["n"], r[f"{name}_s"]) for r in rows if r[f"{name}_s"]]
-        ax.loglog(*zip(*pts), "o-", label=name)
-    if result["crossover"] is not None:
-        ax.axvline(result["crossover"], color="gray", ls="--", label="crossover")
-    ax.set(xlabel="sequence length", ylabel="forward+backward (s)")
-    ax.legend()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    series = {name: [(r["n"], r[f"{name}_s"]) for r in rows]
+              for name in ("hyena", "attention")}  # fmt: skip
+    crossover = result["crossover"]
+    title = "no crossover" if crossover is None else f"crossover at n = {crossover}"
+    bench.plot_loglog(series, path, xlabel="sequence length",
+                      ylabel="forward+backward (s)", title=title)  # fmt: skip
+
+
+SPEED = bench.Benchmark(
+    "hyena", __doc__, lambda args: speed(speed_defaults(args)),
+    "hyena_vs_attention_{tag}.json", speed_arguments, plot=plot,
+    toy="--lengths 16 32 --dim 8 --repeats 1".split(),
+)  # fmt: skip
+RECALL = bench.Benchmark(
+    "hyena", __doc__, recall_grid, lambda args: f"hyena_{args.experiment}_cpu.json",
+    lambda p: p.add_argument("experiment", choices=["recall", "filters"]),
+    cell=recall_cell, report=recall_report, device=None,
+)  # fmt: skip
+BENCHMARK = SPEED
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    args = parse(argv)
-    if args.experiment in ("recall", "filters"):
-        return recall(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = speed(args)
-    result["command"] = "python -m benchmarks.hyena " + shlex.join(args.argv)
-    bench.save_json(result, args.out, device=args.device)
-    print(f"wrote {args.out}")
-    if args.plot is not None:
-        plot(result, args.plot)
-    return result
+    """``speed`` (the default), or the ``recall`` or ``filters`` grid."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    grid = bool(given) and given[0] in ("recall", "filters")
+    return (RECALL if grid else SPEED).main(given)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +38,6 @@ VAL_SEED, TEST_SEED = 12345, 54321
 FULL = dict(seq_len=4096, steps=80, val_sequences=32, test_sequences=128)
 TOY = dict(seq_len=64, steps=3, val_sequences=2, test_sequences=2)
 CELL_NAMES = ("contender", "seed", "lr", *FULL)
-OUT = Path("figures/data/ssm_longrange_cpu.json")
 
 
 def make_model(contender: str) -> LM:
@@ -97,40 +95,29 @@ def cells(
     ]
 
 
-def report(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Print the validation grid and the tuned test accuracies; return the latter."""
+def report(rows: list[dict[str, Any]]) -> str:
+    """The validation grid and the tuned test accuracies."""
+    lines = []
     for c in CONTENDERS:
         for lr in sorted({r["lr"] for r in rows}):
             accs = [r["val_acc"] for r in rows if r["contender"] == c and r["lr"] == lr]
-            print(f"{c:10s} lr {lr:g}: val " + " ".join(f"{a:.3f}" for a in accs))
+            lines.append(
+                f"{c:10s} lr {lr:g}: val " + " ".join(f"{a:.3f}" for a in accs)
+            )
     tuned = experiments.tune(rows, select="val_acc", by=("contender",))
     summary = experiments.summarize(tuned, "test_acc", by=("contender", "lr"))
-    for s in summary:
-        print(
-            f"{s['contender']:10s} best lr {s['lr']:g}: test mean {s['mean']:.3f}"
-            f" (min {s['min']:.3f}, max {s['max']:.3f}, seeds {s['seeds']})"
-        )
-    return summary
+    return "\n".join(lines + experiments.summary_lines(summary, ("contender",)))
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ssm_longrange",
-                                description=__doc__.split("\n")[0])  # fmt: skip
-    p.add_argument("--out", type=Path, default=None, help=f"JSON (default {OUT})")
-    p.add_argument("--toy", action="store_true", help="a tiny grid, for the tests")
-    p.add_argument("--processes", type=int, default=1)
-    args = p.parse_args(argv)
-    out = args.out or (None if args.toy else bench.figures_dir() / "data" / OUT.name)
-    command = "python -m benchmarks.ssm_longrange" + (" --toy" if args.toy else "")
-    rows = experiments.run_grid(
-        run_cell, cells(TOY, seeds=(0, 1), lrs=(1e-3, 1e-2)) if args.toy else cells(),
-        out=out,
-        processes=args.processes, threads=1, command=command,
-        description="ssm_longrange",
-    )  # fmt: skip
-    report(rows)
-    return rows
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return cells(TOY, seeds=(0, 1), lrs=(1e-3, 1e-2)) if args.toy else cells()
 
+
+BENCHMARK = bench.Benchmark(
+    "ssm_longrange", __doc__, grid, "ssm_longrange_{tag}.json", cell=run_cell,
+    report=report, device=None,
+)  # fmt: skip
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     main()

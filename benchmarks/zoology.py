@@ -33,19 +33,15 @@ fit the shared machine: ``--contenders ... s4d --widths 16 32 64 --lengths 33
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from minimodels import bakeoff, experiments
+from minimodels import bakeoff, bench, experiments
 
 VOCAB = 16
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contenders", nargs="+", choices=list(bakeoff.CONTENDERS),
                    default=["attention", "h3", "hyena"])  # fmt: skip
     p.add_argument("--widths", type=int, nargs="+", default=[16, 64])
@@ -53,10 +49,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=bakeoff.RECIPE["steps"])
     p.add_argument("--vocab-size", type=int, default=VOCAB)
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    p.add_argument("--out", type=Path, default=None)
-    return p.parse_args(argv)
 
 
 def cells(args: argparse.Namespace) -> list[dict]:
@@ -95,19 +87,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TOY = "--contenders attention --widths 8 --lengths 9 --seeds 0 --steps 2"
+BENCHMARK = bench.Benchmark(
+    "zoology", __doc__, cells, "zoology_{tag}.json", add_arguments,
+    [*TOY.split(), "--vocab-size", "8"], cell=bakeoff.cell, report=table,
+    device=None,
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    command = shlex.join(
-        ["python", "-m", "benchmarks.zoology", *(argv or sys.argv[1:])]
-    )
-    rows = experiments.run_grid(
-        bakeoff.cell, cells(args), out=args.out, processes=args.processes,
-        threads=args.threads, command=command, description="zoology",
-    )  # fmt: skip
-    print(table(rows))
-    if args.out:
-        print(f"wrote {args.out}")
-    return {"rows": rows}
+    return {"rows": BENCHMARK.main(argv)}
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 from minimodels._util import check, check_positive
 
@@ -104,19 +103,11 @@ def time_interleaved(
     return {name: reduce(ts) for name, ts in times.items()}
 
 
-class Timing(TypedDict, total=False):
-    """``time_interleaved``'s options, as keywords."""
-
-    rounds: int
-    warmup: int
-    best: bool
-    device: str | torch.device
-
-
 def time_interleaved_or_oom(
-    fns: Mapping[K, Callable[[], Any]], **timing: Unpack[Timing]
+    fns: Mapping[K, Callable[[], Any]], **timing: Any
 ) -> dict[K, float | None]:
-    """``time_interleaved``, where a function that runs out of device memory
+    """``time_interleaved`` (``timing`` are its keyword options: rounds, warmup,
+    best, device), where a function that runs out of device memory
     gets None (a row that does not fit is a result, not a crash): after an
     out-of-memory error the functions are timed one by one."""
 

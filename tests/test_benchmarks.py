@@ -1,8 +1,8 @@
 """Every benchmark runs, at a toy size, on the CPU, into a temporary file.
 
-A benchmark built on ``minimodels.bench.Benchmark`` runs with ``--toy`` (its own
-seconds-long arguments); the others with the explicit tiny arguments below. The
-file it writes must carry provenance (the command that made it) and rows.
+Every benchmark is a ``minimodels.bench.Benchmark`` and runs with ``--toy`` (its
+own seconds-long arguments). The file it writes must carry provenance (the
+command that made it) and rows.
 """
 
 import importlib
@@ -12,16 +12,6 @@ import pytest
 
 from benchmarks.__main__ import main, names
 from minimodels import bench
-
-# benchmarks not (yet) on the harness: explicit tiny arguments
-TINY = {
-    "bakeoff": ["--contenders", "attention", "--lrs", "1e-3", "--seeds", "0",
-                "--new-seeds", "--steps", "2", "--params", "3000", "--seq-len", "7"],
-    "zoology": ["--contenders", "attention", "--widths", "8", "--lengths", "9",
-                "--seeds", "0", "--steps", "2", "--vocab-size", "8"],
-    "hyena": ["--lengths", "16", "32", "--dim", "8", "--repeats", "1"],
-    "ssm_longrange": ["--toy"],
-}  # fmt: skip
 
 
 def test_listing_names_every_benchmark(capsys):
@@ -47,13 +37,11 @@ def _rows(data: dict) -> list:
 def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     module = importlib.import_module(f"benchmarks.{name}")
     harness = getattr(module, "BENCHMARK", None)
-    assert harness is not None or name in TINY, f"{name}: no BENCHMARK, no toy size"
-    if harness is not None:
-        assert isinstance(harness, bench.Benchmark) and harness.name == name
+    assert isinstance(harness, bench.Benchmark), f"{name}: not on the harness"
+    assert harness.name == name
     out = tmp_path / f"{name}.json"
-    argv = ["--toy"] if harness is not None else TINY[name]
     monkeypatch.chdir(tmp_path)  # nothing may be written into the checkout
-    module.main([*argv, "--out", str(out)])
+    module.main(["--toy", "--out", str(out)])
     assert _rows(json.loads(out.read_text()))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.json"]
 

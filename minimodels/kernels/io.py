@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from minimodels._util import check
 from minimodels.kernels.tiles import interpreted
 
@@ -33,8 +31,11 @@ def interpreter_io(fn: Callable[[], object]) -> dict[str, int]:
     counts = {"read": 0, "written": 0, "dots": 0, "macs": 0}
 
     def nbytes(ptrs, mask) -> int:  # noqa: ANN001
-        size = np.dtype(interpreter._get_np_dtype(ptrs.get_element_ty())).itemsize
-        return int(np.broadcast_to(mask.data, ptrs.data.shape).sum()) * size
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        # the mask broadcasts to the pointers' shape: each of its entries repeats
+        # ptrs.size / mask.size times
+        repeats = ptrs.data.size // mask.data.size
+        return int(mask.data.sum()) * repeats * size
 
     def counted_load(self, ptrs, mask, other, *args):  # noqa: ANN001, ANN002, ANN202
         counts["read"] += nbytes(ptrs, mask)
