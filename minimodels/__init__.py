@@ -2,12 +2,14 @@
 
 The library behind the minimodels textbook. Each chapter builds one module, named
 by its ``module`` entry in book.toml (``python -m minimodels list`` prints the
-map): ``attention``, ``conv`` (long convolutions), ``ssm`` (S4D), ``h3``,
-``hyena``, ``dilated`` (LongNet), ``block_recurrent``, ``hierarchical`` and
-``bakeoff`` (all of them at equal size on the same tasks). What they share:
-``lm``, ``data``, ``optim``, ``train``, ``bench``, ``experiments``, ``testing``;
-``kernels``, the Triton kernels (they need triton); ``manifest``, the reader of
-book.toml.
+map): ``attention`` (the one attention core), ``conv`` (long convolutions),
+``ssm`` (S4D), ``h3``, ``hyena``, ``flash`` (the FlashAttention ladder in
+PyTorch), ``dilated`` (LongNet; its whole model in ``longnet``),
+``block_recurrent``, ``hierarchical`` (on ``hourglass``) and ``bakeoff`` (all of
+them at equal size on the same tasks). What they share: ``lm`` (the one model
+shell), ``data``, ``optim``, ``train``, ``bench`` and ``measure``,
+``experiments``, ``testing``; ``kernels``, the Triton kernels (they need
+triton); ``manifest``, the reader of book.toml.
 
 The book's models are named in one table, ``minimodels.registry``; their
 classes are reachable from the top level (``minimodels.H3``), each imported on

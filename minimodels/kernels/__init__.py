@@ -1,9 +1,10 @@
 """Triton kernels: ``minimodels.kernels`` (the folder ``kernels/`` at the top of
 the repository is a link to this one).
 
-``flash`` (FlashAttention, chapter 5), ``fftconv`` (FlashConv, chapters 1 and 3)
-and ``tiles``, what they share (masked tile loads and stores, head offsets, the
-causal tile schedule, where and in which dtype a kernel runs).
+``flash`` (FlashAttention, chapter 5), ``fftconv`` (FlashConv, chapters 1 and 3;
+its DFT steps in ``dft``), ``io`` (counting what kernels load and store, in the
+interpreter) and ``tiles``, what they share (masked tile loads and stores, head
+offsets, the causal tile schedule, where and in which dtype a kernel runs).
 
 They need Triton, which ships Linux wheels only: ``pip install
 "minimodels[triton]"`` on Linux. Without it this package says so when imported,
