@@ -40,10 +40,11 @@ TOY = dict(seq_len=64, steps=3, val_sequences=2, test_sequences=2)
 CELL_NAMES = ("contender", "seed", "lr", *FULL)
 
 
-def make_model(contender: str) -> LM:
-    """The chapter's one-block models, width 32, MLP 2x, vocabulary 2."""
+def make_model(contender: str, init: str = "inv") -> LM:
+    """The chapter's one-block models, width 32, MLP 2x, vocabulary 2; ``init``
+    is S4D's (``ssm.INITS``; ``benchmarks.ssm_init`` compares them)."""
     mixers = {
-        "s4d": mixer_factory("s4d", d_state=16),
+        "s4d": mixer_factory("s4d", d_state=16, init=init),
         "attention": mixer_factory("attention", heads=2),
     }
     return LM(2, 32, 1, mixers[contender], mlp_mult=2)
@@ -70,7 +71,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         eval_every=cell["steps"], seed=cell["seed"], progress=False,
     )  # fmt: skip
     torch.manual_seed(cell["seed"])
-    model = make_model(cell["contender"])
+    model = make_model(cell["contender"], cell.get("init", "inv"))
     start = time.process_time()
     history = train(model, FreshSequences(n), val, config)
     test_loss, test_acc = evaluate(model, test, batch_size=4, batches=None)

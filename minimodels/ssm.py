@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from minimodels._util import check, check_ndim, check_positive, config_from
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 DISCRETIZATIONS = ("zoh", "bilinear")
-INITS = ("inv", "lin")
+INITS = ("inv", "lin", "random")
 REAL_DTYPES = (torch.float32, torch.float64)
 
 
@@ -185,12 +185,27 @@ def _check_init(init: str, d_state: int) -> None:
     check(d_state >= 2 and d_state % 2 == 0, f"d_state must be even, got {d_state}")
 
 
-def s4d_init(init: str, d_state: int) -> tuple[Tensor, Tensor]:
-    """Real and imaginary parts of A (each (s,), s = d_state // 2) for S4D-Lin/Inv."""
+def s4d_init(
+    init: str, d_state: int, channels: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Real and imaginary parts of A, each (s,), s = d_state // 2, or (channels, s).
+
+    Re A = -1/2 always. Im A: S4D-Lin pi n, S4D-Inv N/pi (N/(2n+1) - 1), and
+    ``"random"`` pi (N/2) u with u ~ U[0, 1) drawn per channel from torch's global
+    generator: S4D-Lin's range of frequencies at random places (the S4 code's
+    ``dplr(init="lin", imag_random=True)``).
+    """
     _check_init(init, d_state)
-    N, n = d_state, torch.arange(d_state // 2, dtype=torch.float64)
-    imag = math.pi * n if init == "lin" else N / math.pi * (N / (2 * n + 1) - 1)
-    return torch.full_like(n, -0.5).float(), imag.float()
+    N, s = d_state, d_state // 2
+    n = torch.arange(s, dtype=torch.float64).expand(channels or 1, s)
+    if init == "random":
+        imag = math.pi * N / 2 * torch.rand(n.shape, dtype=torch.float64)
+    elif init == "lin":
+        imag = math.pi * n
+    else:
+        imag = N / math.pi * (N / (2 * n + 1) - 1)
+    real, imag = torch.full_like(imag, -0.5).float(), imag.float()
+    return (real, imag) if channels else (real[0], imag[0])
 
 
 @dataclass(frozen=True)
@@ -200,7 +215,7 @@ class S4DConfig:
     d_state: int = 64  # N: the state size (N/2 complex modes are stored)
     dt_min: float = 1e-3  # log Δ is drawn uniformly in [log dt_min, log dt_max]
     dt_max: float = 1e-1
-    init: str = "inv"  # S4D-Inv or S4D-Lin (INITS)
+    init: str = "inv"  # S4D-Inv, S4D-Lin or random imaginary parts (INITS)
     discretization: str = "zoh"  # zero-order hold or bilinear (DISCRETIZATIONS)
     bidirectional: bool = False  # add an anti-causal kernel with its own C
     lr: float = 1e-3  # of A, B and Δ, with no weight decay
@@ -233,7 +248,7 @@ class S4D(nn.Module):
         check_positive(d_model=d_model)
         config = self.config = config_from(S4DConfig, "S4D", options)
         d_state, channels = config.d_state, 2 if config.bidirectional else 1
-        A_real, A_imag = s4d_init(config.init, d_state)
+        A_real, A_imag = s4d_init(config.init, d_state, channels=d_model)  # (d s)
         self.d_model, self.d_state, self.init = d_model, d_state, config.init
         self.discretization = config.discretization
         self.bidirectional = config.bidirectional
@@ -241,10 +256,8 @@ class S4D(nn.Module):
         s = d_state // 2
         C = torch.randn(channels, d_model, s, dtype=torch.cfloat)
         self.log_dt = nn.Parameter(torch.rand(d_model) * (hi - lo) + lo)
-        # .clone(): repeat returns an expanded view, which an optimizer cannot update
-        log_A_real = repeat((-A_real).log(), "s -> d s", d=d_model).clone()
-        self.log_A_real = nn.Parameter(log_A_real)
-        self.A_imag = nn.Parameter(repeat(A_imag, "s -> d s", d=d_model).clone())
+        self.log_A_real = nn.Parameter((-A_real).log())
+        self.A_imag = nn.Parameter(A_imag)
         self.B = nn.Parameter(torch.view_as_real(torch.ones(d_model, s, dtype=C.dtype)))
         self.C = nn.Parameter(torch.view_as_real(C))  # (c d s 2), c = 1 or 2
         self.D = nn.Parameter(torch.randn(d_model))
