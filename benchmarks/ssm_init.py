@@ -8,8 +8,8 @@ validation and test sets), with S4D's A initialised three ways
 N/pi (N/(2n+1) - 1)) and random (Im A_n = pi (N/2) u, u ~ U[0, 1) per channel:
 S4D-Lin's range of frequencies at random places, the S4 code's
 ``dplr(init="lin", imag_random=True)``); Re A_n = -1/2 in all three. Each init
-trains at the two largest learning rates of the long-range grid (1e-2 and 3e-2,
-around S4D-Inv's tuned 3e-2) over three seeds; the rate is chosen per init by
+trains at three learning rates around S4D-Inv's tuned 3e-2 in the long-range grid
+(1e-2, 3e-2, 1e-1) over three seeds; the rate is chosen per init by
 mean validation accuracy and the chosen runs are scored on the test set.
 
     python -m benchmarks.ssm_init   # -> figures/data/ssm_init_cpu.json
@@ -27,7 +27,7 @@ from benchmarks import ssm_longrange
 from minimodels import bench, experiments
 
 INITS = ("lin", "inv", "random")
-LRS = (1e-2, 3e-2)
+LRS = (1e-2, 3e-2, 1e-1)
 SEEDS = (0, 1, 2)
 CELL_NAMES = ("init", *ssm_longrange.CELL_NAMES)
 run_cell = ssm_longrange.run_cell  # the long-range cell; "init" picks S4D's A
