@@ -36,7 +36,7 @@ from torch import Tensor
 from minimodels import bench, experiments
 from minimodels.data import associative_recall, induction_heads
 from minimodels.lm import LM, mixer_factory
-from minimodels.train import TrainConfig, evaluate, train
+from minimodels.train import History, TrainConfig, evaluate, train
 
 VOCAB, WIDTH, DEPTH = 16, 32, 2
 CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -81,18 +81,25 @@ def task_data(task: str, questions: int) -> tuple[Any, Any, Any]:
     return train_set, val_set, make(questions, n, VOCAB, seed=2)
 
 
-def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
-    """Train one cell; returns validation and test accuracy."""
-    train_set, val_set, test_set = task_data(cell["task"], cell["questions"])
+def train_cell(cell: dict[str, Any], *, progress: bool = False) -> tuple[LM, History]:
+    """The trained model of one cell and its training history (``run_cell``'s
+    recipe: chapter 3 looks inside the model this returns)."""
+    train_set, val_set, _ = task_data(cell["task"], cell["questions"])
     batch = TASKS[cell["task"]][2]
     steps = cell["steps"]
     config = TrainConfig(
         steps=steps, batch_size=batch, lr=cell["lr"], warmup=min(20, steps // 5),
-        weight_decay=0.0, eval_every=steps, seed=cell["seed"], progress=False,
+        weight_decay=0.0, eval_every=steps, seed=cell["seed"], progress=progress,
     )  # fmt: skip
     torch.manual_seed(cell["seed"])
     model = build(cell["contender"])
-    history = train(model, train_set, val_set, config)
+    return model, train(model, train_set, val_set, config)
+
+
+def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell; returns validation and test accuracy."""
+    model, history = train_cell(cell)
+    test_set = task_data(cell["task"], cell["questions"])[2]
     _, test_acc = evaluate(model, test_set, batch_size=256, batches=None)
     return {
         "val_acc": history.final_acc,

@@ -245,16 +245,36 @@ class H3(nn.Module):
         _check_real("H3's parameters", self.ssm.D)  # e.g. after .half()
         _check_real("x", x)
 
+    def kernels(self, n: int) -> tuple[Tensor, Tensor]:
+        """The two SSMs' kernels at length n: the shift filter phi (c, min(m, n))
+        (its lag 0 includes the shift SSM's D) and the diagonal SSM's psi (h, n)
+        (without its skip ``self.ssm.D``)."""
+        return self.shift.kernel()[:, :n], self.ssm.kernel(n)
+
     def forward(self, x: Tensor) -> Tensor:  # x: (b n c)
         self._check_input(x, "b n c")
         compute = self.ssm.D.dtype  # float32 even when autocast gives bf16 q, k, v
         q, k, v = (rearrange(t, "b n c -> b c n").to(compute) for t in self._qkv(x))
-        psi = self.ssm.kernel(x.shape[1])  # (h n)
-        phi = self.shift.kernel()
-        if phi.shape[-1] > x.shape[1]:
-            phi = phi[:, : x.shape[1]]
+        phi, psi = self.kernels(x.shape[1])
         y = h3_conv(q, k, v, phi, psi, self.ssm.D, self.head_dim)
         return self.to_out(rearrange(y, "b c n -> b n c"))
+
+    def matrix(self, x: Tensor) -> Tensor:
+        """The layer's data-controlled matrix on x, per head: (b n c) -> (b h n n).
+
+        M[t, s] = (psi_{t-s} + D [t = s]) q_t . k'_s, the dot product over the
+        head's d channels, so that head h outputs y_t = sum_s M[t, s] v_s before
+        ``to_out`` (eq. 5 summed over a head; ``h3_matrix`` for head dim 1).
+        """
+        self._check_input(x, "b n c")
+        compute = self.ssm.D.dtype
+        q, k, _ = (rearrange(t, "b n c -> b c n").to(compute) for t in self._qkv(x))
+        phi, psi = self.kernels(x.shape[1])
+        d = self.head_dim
+        per_channel = h3_matrix(
+            q, k, phi, psi.repeat_interleave(d, 0), self.ssm.D.repeat_interleave(d)
+        )
+        return rearrange(per_channel, "b (h d) t s -> b h d t s", d=d).sum(2)
 
     def init_state(self, batch: int) -> H3State:
         d = self.head_dim

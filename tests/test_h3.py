@@ -54,6 +54,24 @@ def test_h3_matrix_form_and_hyena_form():
     torch.testing.assert_close(hyena, y)
 
 
+@pytest.mark.parametrize("head_dim,n", [(1, 9), (4, 9), (4, 3)])
+def test_layer_matrix_times_v_is_the_layer(head_dim, n):
+    """H3.matrix per head, applied to the values, reproduces H3.forward, with the
+    kernels H3.kernels returns (n = 3 is shorter than the shift filter)."""
+    torch.manual_seed(0)
+    mixer = H3(8, d_state=4, head_dim=head_dim).double()
+    x = rand(2, n, 8, seed=7)
+    M = mixer.matrix(x)
+    assert M.shape == (2, 8 // head_dim, n, n) and torch.all(M.triu(1) == 0)
+    v = mixer.to_qkv(x).chunk(3, dim=-1)[2]  # (b n c)
+    v = v.reshape(2, n, 8 // head_dim, head_dim)  # (b n h d)
+    y = mixer.to_out(torch.einsum("bhts,bshd->bthd", M, v).reshape(2, n, 8))
+    torch.testing.assert_close(y, mixer(x))
+    phi, psi = mixer.kernels(n)
+    assert phi.shape == (8, min(4, n)) and psi.shape == (8 // head_dim, n)
+    torch.testing.assert_close(phi, mixer.shift.kernel()[:, :n])
+
+
 def test_shift_ssm_is_a_short_conv_without_bias_and_its_step_agrees():
     torch.manual_seed(0)
     shift = ShiftSSM(5, 4).double()
