@@ -33,6 +33,7 @@ from minimodels.train import TrainConfig, evaluate, train
 
 CONTENDERS = ("s4d", "attention")
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+RUN_ORDER = (1e-2, 3e-3, 3e-2, 1e-3)  # the middle rates first
 SEEDS = (0, 1, 2)
 VAL_SEED, TEST_SEED = 12345, 54321
 FULL = dict(seq_len=4096, steps=80, val_sequences=32, test_sequences=128)
@@ -88,11 +89,15 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
 def cells(
     size: dict[str, int] = FULL, *, seeds: tuple = SEEDS, lrs: tuple = LRS
 ) -> list[dict[str, Any]]:
+    """Every (contender, seed, lr), learning rate by learning rate in the order
+    of ``RUN_ORDER`` (so a grid cut short holds whole rates, both contenders and
+    every seed, rather than one contender)."""
+    ordered = sorted(lrs, key=lambda lr: RUN_ORDER.index(lr) if lr in RUN_ORDER else 99)
     return [
         {"contender": c, "seed": s, "lr": lr, **size}
+        for lr in ordered
         for c in CONTENDERS
         for s in seeds
-        for lr in lrs
     ]
 
 
