@@ -18,9 +18,14 @@ whose sequence mixer is a *contender*:
 on a *task*: associative recall (31 tokens, 15 pairs and the query; trained on
 the multi-query form, scored on the last position only) or induction heads (30
 tokens), at a learning rate ``lr`` and a ``seed`` (the model's init and the
-batch order). It reports ``val_acc`` on 1,000 validation questions, which
-``experiments.tune`` uses to pick each contender's learning rate, and
-``test_acc`` on 1,000 separate test questions, which the chapter reports.
+batch order). The schedule warms up linearly over the first half of the steps
+(``warmup`` = steps // 2, a cell key), then decays by cosine to 10% of ``lr``:
+with a 20-step warm-up the rate had already decayed when attention's late,
+seed-dependent jump from the counting baseline to recall was due (chapter 9's
+finding, ``bakeoff.RECIPE["warmup"]``). It reports ``val_acc`` on 1,000
+validation questions, which ``experiments.tune`` uses to pick each
+contender's learning rate, and ``test_acc`` on 1,000 separate test questions,
+which the chapter reports.
 Rows and provenance go to ``figures/data/h3_recall_cpu.json``.
 """
 
@@ -58,7 +63,7 @@ TASK_CONTENDERS = {
 }
 LRS = [1e-3, 3e-3, 1e-2]
 SEEDS = [0, 1, 2]
-CELL_NAMES = ("task", "contender", "lr", "seed", "steps", "questions")
+CELL_NAMES = ("task", "contender", "lr", "seed", "steps", "warmup", "questions")
 
 
 def build(contender: str) -> LM:
@@ -88,7 +93,7 @@ def train_cell(cell: dict[str, Any], *, progress: bool = False) -> tuple[LM, His
     batch = TASKS[cell["task"]][2]
     steps = cell["steps"]
     config = TrainConfig(
-        steps=steps, batch_size=batch, lr=cell["lr"], warmup=min(20, steps // 5),
+        steps=steps, batch_size=batch, lr=cell["lr"], warmup=cell["warmup"],
         weight_decay=0.0, eval_every=steps, seed=cell["seed"], progress=progress,
     )  # fmt: skip
     torch.manual_seed(cell["seed"])
@@ -118,10 +123,12 @@ def cells(
     scale: float = 1.0,
     questions: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Every (task, contender, lr, seed), with ``scale`` x the full step count."""
+    """Every (task, contender, lr, seed), with ``scale`` x the full step count
+    and a linear warm-up over the first half of the steps (``warmup``)."""
+    steps = {t: max(1, round(TASKS[t][1] * scale)) for t in tasks}
     return [
-        {"task": t, "contender": c, "lr": lr, "seed": s,
-         "steps": max(1, round(TASKS[t][1] * scale)), "questions": questions}
+        {"task": t, "contender": c, "lr": lr, "seed": s, "steps": steps[t],
+         "warmup": steps[t] // 2, "questions": questions}
         for t in tasks for c in contenders for lr in lrs for s in seeds
     ]  # fmt: skip
 
