@@ -1,6 +1,6 @@
 """Chapter 3's trained comparison: attention, S4D and H3 on recall and induction.
 
-    python -m benchmarks.h3_recall            # the committed grid (CPU, ~10 CPU-min)
+    python -m benchmarks.h3_recall            # the committed grid (CPU, ~5 CPU-min)
     python -m benchmarks.h3_recall --toy      # one cell, into _build/toy/
     python -m benchmarks.h3_recall --tasks recall induction \
         --contenders attention s4d h3 h3_hd1 h3_zoh   # everything (~30 CPU-min)
