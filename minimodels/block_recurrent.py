@@ -30,7 +30,7 @@ from minimodels.block_recurrent_cell import (
     Gate,
     LSTMGate,
 )
-from minimodels.lm import MLP, Shell, check_sampling, init_embedding, sample_logits
+from minimodels.lm import MLP, Shell, check_sampling, sample_logits
 
 __all__ = [
     "BlockRecurrentTransformer",
@@ -104,41 +104,37 @@ class BlockRecurrentTransformer(Shell):
             all(0 < i <= depth for i in recurrent_layers),
             f"recurrent_layers must lie in 1..depth ({depth}), got {recurrent_layers}",
         )
-        rng = torch.random.get_rng_state()
         super().__init__(num_tokens, dim, ignore_index=ignore_index)
         self.max_seq_len, self.block_width = max_seq_len, block_width
         self.recurrent_layers = tuple(sorted(set(recurrent_layers)))
         self.dim = dim
-        # Draw the weights in the order of the model before it shared Shell
-        # (embedding, layers, head, then init_embedding): a seed gives the
-        # weights the committed grids were trained with.
-        torch.random.set_rng_state(rng)
-        self.embed.reset_parameters()
-        self.attn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
-        self.attns = nn.ModuleList(
-            BlockAttention(
-                dim,
-                heads=heads,
-                dim_head=dim_head,
-                block_width=block_width,
-                num_state_vectors=num_state_vectors if i in recurrent_layers else 0,
-                single_head_kv=single_head_kv,
-                dynamic_pos_bias=dynamic_pos_bias,
-                compressed_mem_factor=compressed_mem_factor
-                if use_compressed_mem
-                else 0,
-                gate=gate,
-                state_mlp=state_mlp,
-                ff_mult=ff_mult,
-                carry_states=carry_states,
-                fast=use_flash_attn,
+
+        def build() -> None:
+            self.attn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
+            self.attns = nn.ModuleList(
+                BlockAttention(
+                    dim,
+                    heads=heads,
+                    dim_head=dim_head,
+                    block_width=block_width,
+                    num_state_vectors=num_state_vectors if i in recurrent_layers else 0,
+                    single_head_kv=single_head_kv,
+                    dynamic_pos_bias=dynamic_pos_bias,
+                    compressed_mem_factor=compressed_mem_factor
+                    if use_compressed_mem
+                    else 0,
+                    gate=gate,
+                    state_mlp=state_mlp,
+                    ff_mult=ff_mult,
+                    carry_states=carry_states,
+                    fast=use_flash_attn,
+                )
+                for i in range(1, depth + 1)
             )
-            for i in range(1, depth + 1)
-        )
-        self.ff_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
-        self.ffs = nn.ModuleList(MLP(dim, ff_mult) for _ in range(depth))
-        self.head.reset_parameters()
-        init_embedding(self.embed)
+            self.ff_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
+            self.ffs = nn.ModuleList(MLP(dim, ff_mult) for _ in range(depth))
+
+        self.draw_in_order(build)
 
     def _layers(self) -> list[BlockAttention]:
         return [cast(BlockAttention, attn) for attn in self.attns]

@@ -45,7 +45,6 @@ from minimodels.attention import (
 from minimodels.hourglass import (
     Hourglass,
     check_ids,
-    draw_in_order,
     shift_right,
     upsample,
 )
@@ -301,13 +300,12 @@ class HierarchicalTransformer(Shell):
         ks = tuple(level.factor for level in levels)
         predict = ks.index(min(ks))
         width = max(level.dim for level in levels)
-        rng = torch.random.get_rng_state()
         super().__init__(
             num_tokens, width, out_dim=levels[predict].dim, ignore_index=ignore_index
         )
         self.levels, self.hierarchies, self.predict = levels, ks, predict
         self.seq_len, self.multiple = seq_len, math.lcm(*ks)
-        draw_in_order(self, lambda: self._build(depth, use_flash_attn), rng)
+        self.draw_in_order(lambda: self._build(depth, use_flash_attn))
 
     def _build(self, depth: int, fast: bool) -> None:
         levels, width = self.levels, self.embed.embedding_dim

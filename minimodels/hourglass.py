@@ -21,20 +21,16 @@ k factor, v vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from minimodels._util import check, check_divides, check_int, check_ndim, check_positive
 from minimodels.attention import MultiHeadAttention
-from minimodels.lm import Block, Shell, init_embedding
+from minimodels.lm import Block, Shell
 
 __all__ = [
     "check_ids",
-    "draw_in_order",
     "shift_right",
     "upsample",
     "Shorten",
@@ -47,19 +43,6 @@ def check_ids(ids: Tensor) -> None:
     check_ndim("ids", ids, 2, "b n")
     check(not ids.is_floating_point(), f"ids must be integer tokens, got {ids.dtype}")
     check(ids.shape[1] > 0, "ids is an empty sequence (n = 0)")
-
-
-def draw_in_order(model: Shell, build: Callable[[], None], rng: Tensor) -> None:
-    """Draw ``model``'s parameters in the order these models drew them before
-    they shared ``Shell`` (embedding, ``build``'s blocks, head, then
-    ``init_embedding``), so that a seed gives the weights the committed grids
-    were trained with. ``Shell.__init__`` has drawn embedding and head first:
-    rewind the generator to ``rng``, taken just before it, and draw again."""
-    torch.random.set_rng_state(rng)
-    model.embed.reset_parameters()
-    build()
-    model.head.reset_parameters()
-    init_embedding(model.embed)
 
 
 def shift_right(x: Tensor, amount: int) -> Tensor:
@@ -114,7 +97,6 @@ class Hourglass(Shell):
         check_positive(vocab_size=vocab_size, dim=dim, factor=factor, heads=heads)
         check(len(depth) == 3 and min(depth) >= 0, f"depth must be 3 counts: {depth}")
         check_int(**{f"depth[{i}]": d for i, d in enumerate(depth)})
-        rng = torch.random.get_rng_state()
         super().__init__(vocab_size, dim)
         self.factor = factor
 
@@ -127,7 +109,7 @@ class Hourglass(Shell):
             self.pre, self.inner, self.post = (blocks(d) for d in depth)
             self.shorten = Shorten(dim, factor, shift=shift)
 
-        draw_in_order(self, build, rng)
+        self.draw_in_order(build)
 
     def forward(self, ids: Tensor) -> Tensor:  # ids: (b n) -> logits (b n v)
         check_ids(ids)

@@ -140,6 +140,7 @@ class Shell(nn.Module):
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
+        self._rng_at_init = torch.random.get_rng_state()  # for draw_in_order
         check_positive(vocab_size=vocab_size, dim=dim)
         out_dim = dim if out_dim is None else out_dim
         check_positive(out_dim=out_dim)
@@ -154,6 +155,19 @@ class Shell(nn.Module):
         init_embedding(self.embed)
         if tie_weights:
             self.head.weight = self.embed.weight
+
+    def draw_in_order(self, build: Callable[[], None]) -> None:
+        """Build the blocks (``build``) with the parameters drawn in the order the
+        book's whole models drew them before they shared ``Shell`` (embedding,
+        blocks, head, then ``init_embedding``), so that a seed gives the weights
+        their committed grids were trained with. ``__init__`` has drawn the
+        embedding and head first: rewind the generator to where it stood then,
+        and draw again."""
+        torch.random.set_rng_state(self._rng_at_init)
+        self.embed.reset_parameters()
+        build()
+        self.head.reset_parameters()
+        init_embedding(self.embed)
 
     def logits(self, x: Tensor) -> Tensor:
         """The last hidden states (b n c) -> logits (b n v)."""
